@@ -1,0 +1,49 @@
+# Everyday commands. `make run` and `make test` need only Python 3.11 and make:
+# they build .venv, and start an embedded PostgreSQL and Redis under instance/ unless
+# DATABASE_URL / REDIS_URL point at servers already running.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+SERVICES := $(BIN)/python scripts/services.py run --
+export FLASK_APP := wsgi:app
+export PYTHONUNBUFFERED := 1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test lint format services-up services-down reset clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+## run: the whole service (API on http://127.0.0.1:5000, worker, beat) with demo data
+run: $(BIN)/.installed
+	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/flask seed --demo \
+	  && HOST=127.0.0.1 PORT=$${PORT:-5000} exec $(BIN)/honcho -f Procfile start web worker beat'
+
+## test: the whole suite against real PostgreSQL and Redis, with branch coverage
+test: $(BIN)/.installed
+	$(SERVICES) $(BIN)/python -m pytest --cov --cov-report=term-missing $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+services-up: $(BIN)/.installed
+	@$(BIN)/python scripts/services.py up
+
+services-down: $(BIN)/.installed
+	@$(BIN)/python scripts/services.py down
+
+## reset: stop the embedded servers and delete their data (demo data is loaded again)
+reset: $(BIN)/.installed
+	$(BIN)/python scripts/services.py reset
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .coverage htmlcov

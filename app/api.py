@@ -1,0 +1,107 @@
+"""HTTP plumbing every blueprint shares: the blueprint class, the problem and page
+schemas, auth documentation and ETag preconditions."""
+
+from __future__ import annotations
+
+import http
+import marshmallow as ma
+from flask_jwt_extended import jwt_required
+from flask_smorest import Blueprint
+from flask_smorest.utils import prepare_response
+from webargs.flaskparser import FlaskParser
+from werkzeug.datastructures import ETags
+
+from app.errors import PROBLEM_JSON, PreconditionFailed
+
+
+class StrictParser(FlaskParser):
+    """Let each schema decide on unknown fields (ours raise), in every location.
+
+    webargs excludes unknown query-string fields by default; a typo in `?limt=` should
+    be a 422 naming the field, not silently ignored.
+    """
+
+    DEFAULT_UNKNOWN_BY_LOCATION = {location: None for location in FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION}
+
+
+class ApiBlueprint(Blueprint):
+    ARGUMENTS_PARSER = StrictParser()
+
+    def login_required(self, *, refresh: bool = False):
+        """jwt_required(), documented: bearer security and the 401 it may answer."""
+
+        def decorator(func):
+            guarded = jwt_required(refresh=refresh)(func)
+            guarded = self.alt_response(401, response="UNAUTHORIZED")(guarded)
+            return self.doc(security=[{"bearerAuth": []}])(guarded)
+
+        return decorator
+
+
+class StrictSchema(ma.Schema):
+    """Base of every input schema: unknown fields are an error (no mass assignment)."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+class ProblemSchema(ma.Schema):
+    """RFC 9457 problem details."""
+
+    type = ma.fields.String(required=True)
+    title = ma.fields.String(required=True)
+    status = ma.fields.Integer(required=True)
+    detail = ma.fields.String()
+    instance = ma.fields.String(allow_none=True)
+    request_id = ma.fields.String(allow_none=True)
+    errors = ma.fields.Raw(metadata={"description": "field name -> list of messages"})
+
+
+class PageArgsSchema(StrictSchema):
+    limit = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=100))
+    cursor = ma.fields.String(validate=ma.validate.Length(min=1, max=512))
+
+
+_page_schemas: dict[str, type[ma.Schema]] = {}
+
+
+def page_of(item_schema: type[ma.Schema]) -> type[ma.Schema]:
+    """The `{items, next_cursor}` schema for one item schema (one class per item kind)."""
+    name = item_schema.__name__.removesuffix("Schema") + "PageSchema"
+    if name not in _page_schemas:
+        _page_schemas[name] = type(
+            name,
+            (ma.Schema,),
+            {
+                "items": ma.fields.List(ma.fields.Nested(item_schema), required=True),
+                "next_cursor": ma.fields.String(allow_none=True, required=True),
+            },
+        )
+    return _page_schemas[name]
+
+
+def register_problem_responses(api) -> None:
+    """Document every error status as problem+json (flask-smorest says application/json)."""
+    for status in http.HTTPStatus:
+        if status >= 400:
+            response = {"description": status.phrase, "schema": ProblemSchema}
+            prepare_response(response, api.spec, PROBLEM_JSON)
+            api.spec.components.response(status.name, response, lazy=True)
+    response = {"description": "Default error response", "schema": ProblemSchema}
+    prepare_response(response, api.spec, PROBLEM_JSON)
+    api.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+
+def etag_of(version: int) -> str:
+    """The entity tag of an editable resource: its version, bumped on every change."""
+    return f"v{version}"
+
+
+def check_if_match(if_match: ETags | None, version: int) -> None:
+    """412 when the client's If-Match names another version (absent header: no check)."""
+    if if_match and not if_match.contains(etag_of(version)):
+        raise PreconditionFailed(
+            "The resource changed since you read it; fetch it again and retry.",
+            errors={"If-Match": [f"current ETag is \"{etag_of(version)}\""]},
+        )
+

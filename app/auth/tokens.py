@@ -1,0 +1,72 @@
+"""JWT issuing and every token failure answered as 401 problem+json.
+
+flask-jwt-extended answers 422 for a malformed or wrongly signed token and 401 only for
+a missing one; the callbacks below make every token failure a 401 with a reason.
+"""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
+
+from app.errors import problem
+from app.extensions import db
+from app.models import User
+
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
+def issue_tokens(user: User) -> dict:
+    """A fresh access + refresh pair for `user`."""
+    claims = {"role": user.role}
+    identity = str(user.id)
+    expires = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
+    return {
+        "access_token": create_access_token(identity=identity, additional_claims=claims),
+        "refresh_token": create_refresh_token(identity=identity, additional_claims=claims),
+        "token_type": "Bearer",
+        "expires_in": int(expires.total_seconds()),
+    }
+
+
+def _unauthorized(detail: str):
+    return problem(401, detail, headers=BEARER_CHALLENGE)
+
+
+def register_token_callbacks(jwt: JWTManager) -> None:
+    @jwt.user_lookup_loader
+    def _load_user(_header, payload):
+        """The token's user; a deleted or deactivated one makes the token worthless."""
+        try:
+            user = db.session.get(User, int(payload["sub"]))
+        except (TypeError, ValueError):
+            return None
+        return user if user is not None and user.is_active else None
+
+    @jwt.user_lookup_error_loader
+    def _user_gone(_header, _payload):
+        return _unauthorized("The account of this token no longer exists or is inactive.")
+
+    @jwt.unauthorized_loader
+    def _missing(reason: str):
+        return _unauthorized(f"Authentication required: {reason}.")
+
+    @jwt.invalid_token_loader
+    def _invalid(reason: str):
+        return _unauthorized(f"The token is invalid: {reason}.")
+
+    @jwt.expired_token_loader
+    def _expired(_header, _payload):
+        return _unauthorized("The token has expired.")
+
+    @jwt.revoked_token_loader
+    def _revoked(_header, _payload):
+        return _unauthorized("The token has been revoked.")
+
+    @jwt.needs_fresh_token_loader
+    def _not_fresh(_header, _payload):
+        return _unauthorized("A fresh login is required.")
+
+    @jwt.token_verification_failed_loader
+    def _claims_rejected(_header, _payload):
+        return _unauthorized("The token's claims were rejected.")

@@ -1,0 +1,138 @@
+"""`flask` admin commands: `flask users create-admin`, `flask seed`."""
+
+from __future__ import annotations
+
+import random
+import secrets
+from datetime import datetime, timedelta, timezone
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+from sqlalchemy import func, insert, select
+
+from app.auth import service as auth
+from app.errors import APIError
+from app.extensions import db
+from app.models import Follow, Post, Role, User
+from app.users import service as users
+
+users_cli = AppGroup("users", help="Manage accounts.")
+
+
+@users_cli.command("create-admin")
+@click.option("--username", prompt=True)
+@click.option("--email", prompt=True)
+@click.password_option(envvar="ADMIN_PASSWORD", help="or set ADMIN_PASSWORD; prompted when absent")
+def create_admin(username: str, email: str, password: str) -> None:
+    """Create an administrator account."""
+    from app.auth.schemas import RegisterSchema
+
+    errors = RegisterSchema().validate({"username": username, "email": email, "password": password})
+    if errors:
+        raise click.UsageError("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in errors.items()))
+    try:
+        user = auth.register(username, email, password)
+    except APIError as exc:
+        raise click.ClickException(exc.detail) from None
+    user.role = Role.ADMIN.value
+    db.session.commit()
+    click.echo(f"admin {user.username} created (id {user.id})")
+
+
+WORDS = (
+    "postgres redis celery flask worker cache query index queue token profile feed pool "
+    "latency backup deploy schema migration cursor page search vector shard replica lock "
+    "commit rollback request response header payload gateway service health metric trace"
+).split()
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize()
+
+
+@click.command("seed")
+@click.option("--users", "n_users", default=50, show_default=True, help="users to create")
+@click.option("--posts", "n_posts", default=10, show_default=True, help="posts per user")
+@click.option("--follows", "n_follows", default=10, show_default=True, help="follows per new user")
+@click.option("--demo", is_flag=True, help="demo data for `make run`: an admin too; skipped when users exist")
+@click.option("--seed", "rng_seed", default=1, show_default=True, help="random seed")
+def seed(n_users: int, n_posts: int, n_follows: int, demo: bool, rng_seed: int) -> None:
+    """Load generated users (user<N>), posts and follows in bulk; all share one password."""
+    if demo and db.session.scalar(select(func.count()).select_from(User)):
+        click.echo("demo data already loaded (`make reset` starts over); logins: instance/demo-logins.txt")
+        return
+    rng = random.Random(rng_seed)
+    password = secrets.token_urlsafe(12)
+    logins = []
+    if demo:
+        admin = auth.register("admin", "admin@example.com", password)
+        admin.role = Role.ADMIN.value
+        db.session.commit()
+        logins.append(f"admin: login=admin password={password}")
+    password_hash = auth.hash_password(password)
+    first = db.session.scalar(select(func.coalesce(func.max(User.id), 0))) + 1
+    now = datetime.now(timezone.utc)
+    new_ids: list[int] = []
+    with click.progressbar(length=n_users, label="users and posts") as bar:
+        for chunk in range(first, first + n_users, 500):
+            numbers = range(chunk, min(chunk + 500, first + n_users))
+            ids = list(db.session.scalars(insert(User).returning(User.id), [
+                {
+                    "username": f"user{n}",
+                    "email": f"user{n}@example.com",
+                    "password_hash": password_hash,
+                    "display_name": f"{_sentence(rng, 1)} {rng.choice(WORDS).capitalize()}",
+                    "bio": _sentence(rng, 8),
+                    "created_at": now - timedelta(days=rng.randint(30, 365)),
+                }
+                for n in numbers
+            ]))
+            posts = [
+                {
+                    "author_id": user_id,
+                    "title": _sentence(rng, rng.randint(3, 8)),
+                    "body": ". ".join(_sentence(rng, rng.randint(6, 14)) for _ in range(rng.randint(1, 4))) + ".",
+                    "created_at": now - timedelta(minutes=rng.randint(0, 60 * 24 * 30)),
+                }
+                for user_id in ids
+                for _ in range(n_posts)
+            ]
+            if posts:
+                db.session.execute(insert(Post), posts)
+            db.session.commit()
+            new_ids += ids
+            bar.update(len(ids))
+    everyone = list(db.session.scalars(select(User.id)))
+    follows = [
+        {"follower_id": follower, "followed_id": followed}
+        for follower in new_ids
+        for followed in [f for f in rng.sample(everyone, min(n_follows + 1, len(everyone))) if f != follower][:n_follows]
+    ]
+    for chunk in range(0, len(follows), 5000):
+        db.session.execute(insert(Follow), follows[chunk : chunk + 5000])
+    db.session.commit()
+    users.recount_counters()
+    click.echo(f"seeded {n_users} users, {n_users * n_posts} posts, {len(follows)} follows")
+    if n_users:
+        logins.append(f"users: login=user{first} .. user{first + n_users - 1} password={password}")
+    if demo:
+        _remember_demo_logins(logins)
+
+
+def _remember_demo_logins(logins: list[str]) -> None:
+    """Print the demo logins and keep them in instance/ (readable by the owner only)."""
+    from pathlib import Path
+
+    from flask import current_app
+
+    path = Path(current_app.instance_path) / "demo-logins.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(logins) + "\n")
+    path.chmod(0o600)
+    click.echo("\nDemo logins (kept in instance/demo-logins.txt):\n  " + "\n  ".join(logins))
+
+
+def register_cli(app: Flask) -> None:
+    app.cli.add_command(users_cli)
+    app.cli.add_command(seed)

@@ -1,0 +1,130 @@
+"""Every setting, read from the environment (twelve-factor).
+
+Profiles: `development` (default), `test` and `production`, chosen by APP_ENV.
+Development defaults are safe to run on a laptop; production refuses to start with a
+missing or development secret.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+DEV_SECRET = "dev-only-insecure-secret-change-me-0000000000"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or unsafe for the chosen profile."""
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    try:
+        return int(raw) if raw not in (None, "") else default
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return float(raw) if raw not in (None, "") else default
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def database_url(raw: str) -> str:
+    """Accept the Heroku-style `postgres://` scheme and pin the psycopg2 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg2://" + raw[len(prefix) :]
+    return raw
+
+
+def load(overrides: dict | None = None) -> dict:
+    """Build the Flask config for APP_ENV, then apply `overrides` (used by tests)."""
+    env = (overrides or {}).get("APP_ENV") or os.environ.get("APP_ENV", "development")
+    if env not in {"development", "test", "production"}:
+        raise ConfigError(f"APP_ENV must be development, test or production, got {env!r}")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    pool_timeout = _int("DB_POOL_TIMEOUT", 5)
+    cfg = {
+        "APP_ENV": env,
+        "TESTING": env == "test",
+        "SECRET_KEY": os.environ.get("SECRET_KEY", DEV_SECRET),
+        "SQLALCHEMY_DATABASE_URI": database_url(
+            os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postboard")
+        ),
+        "SQLALCHEMY_ENGINE_OPTIONS": {
+            "pool_size": _int("DB_POOL_SIZE", 10),
+            "max_overflow": _int("DB_MAX_OVERFLOW", 10),
+            "pool_timeout": pool_timeout,
+            "pool_recycle": _int("DB_POOL_RECYCLE", 1800),
+            "pool_pre_ping": True,
+            "connect_args": {
+                "connect_timeout": _int("DB_CONNECT_TIMEOUT", 3),
+                "application_name": os.environ.get("DB_APPLICATION_NAME", "postboard"),
+                # a runaway query never holds a connection past the request budget
+                "options": f"-c statement_timeout={_int('DB_STATEMENT_TIMEOUT_MS', 15000)}",
+            },
+        },
+        "SQLALCHEMY_RECORD_QUERIES": False,
+        "SQLALCHEMY_TRACK_MODIFICATIONS": False,
+        "REDIS_URL": redis_url,
+        "REDIS_SOCKET_TIMEOUT": _float("REDIS_SOCKET_TIMEOUT", 0.5),
+        "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", redis_url),
+        "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND", redis_url),
+        # JWT: algorithm pinned, header only, short access tokens
+        "JWT_SECRET_KEY": os.environ.get("JWT_SECRET_KEY", DEV_SECRET),
+        "JWT_ALGORITHM": "HS256",
+        "JWT_DECODE_ALGORITHMS": ["HS256"],
+        "JWT_TOKEN_LOCATION": ["headers"],
+        "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int("JWT_ACCESS_TOKEN_MINUTES", 15)),
+        "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int("JWT_REFRESH_TOKEN_DAYS", 30)),
+        "JWT_ERROR_MESSAGE_KEY": "detail",
+        # argon2id cost; OWASP's minimum is m=19 MiB, t=2, p=1
+        "ARGON2_TIME_COST": _int("ARGON2_TIME_COST", 3),
+        "ARGON2_MEMORY_COST": _int("ARGON2_MEMORY_COST", 65536),
+        "ARGON2_PARALLELISM": _int("ARGON2_PARALLELISM", 2),
+        "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
+        "PAGE_DEFAULT_LIMIT": 20,
+        "PAGE_MAX_LIMIT": 100,
+        "RETRY_AFTER_SECONDS": _int("RETRY_AFTER_SECONDS", 5),
+        "JSON_SORT_KEYS": False,
+        # flask-smorest / OpenAPI
+        "API_TITLE": "Postboard API",
+        "API_VERSION": "v1",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "/docs",
+        "OPENAPI_SWAGGER_UI_URL": os.environ.get(
+            "SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
+        ),
+    }
+    if env == "test":
+        # cheap hashing keeps the suite fast; the production cost is set above
+        cfg.update(ARGON2_TIME_COST=1, ARGON2_MEMORY_COST=8, ARGON2_PARALLELISM=1)
+    cfg.update(overrides or {})
+    if env == "production":
+        check_production(cfg)
+    return cfg
+
+
+def check_production(cfg: dict) -> None:
+    """Refuse to run production on development or weak secrets."""
+    for key in ("SECRET_KEY", "JWT_SECRET_KEY"):
+        value = cfg.get(key) or ""
+        if value == DEV_SECRET or len(value) < 32:
+            raise ConfigError(f"{key} must be set to a random value of at least 32 characters in production")
+    if cfg["SECRET_KEY"] == cfg["JWT_SECRET_KEY"]:
+        raise ConfigError("SECRET_KEY and JWT_SECRET_KEY must differ in production")
+    if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
+        raise ConfigError("DATABASE_URL and REDIS_URL must be set in production")

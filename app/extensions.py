@@ -1,0 +1,68 @@
+"""The shared extension instances, bound to the app in create_app()."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from flask_jwt_extended import JWTManager
+from flask_migrate import Migrate
+from flask_smorest import Api
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import MetaData
+from sqlalchemy.orm import DeclarativeBase
+
+# Stable constraint names, so migrations and error mapping can refer to them.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate()
+jwt = JWTManager()
+
+
+class ProblemApi(Api):
+    """flask-smorest's Api, with every HTTP error answered and documented as problem+json."""
+
+    def handle_http_exception(self, error):
+        from app.errors import problem_from_http_exception
+
+        return problem_from_http_exception(error)
+
+    def _register_responses(self):
+        # flask-smorest's hook for the error response components it documents
+        from app.api import register_problem_responses
+
+        register_problem_responses(self)
+
+
+
+class RedisHolder:
+    """The app's Redis client, with short timeouts so a hung Redis never hangs a request."""
+
+    client: redis.Redis | None = None
+
+    def init_app(self, app) -> None:
+        timeout = app.config["REDIS_SOCKET_TIMEOUT"]
+        self.client = redis.Redis.from_url(
+            app.config["REDIS_URL"],
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+            # one immediate retry covers a connection dropped by a Redis restart
+            retry=Retry(NoBackoff(), 1),
+        )
+        app.extensions["redis"] = self.client
+
+
+redis_store = RedisHolder()

@@ -1,0 +1,80 @@
+"""/api/v1/posts and /api/v1/feed."""
+
+from __future__ import annotations
+
+from flask import request, url_for
+from flask_jwt_extended import current_user
+
+from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
+from app.posts import service
+from app.posts.schemas import PostCreateSchema, PostListArgsSchema, PostSchema, PostUpdateSchema
+
+blp = ApiBlueprint("posts", __name__, description="Posts and the feed")
+
+ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "the post's version"}}
+
+
+def _etag(post) -> dict:
+    return {"ETag": f'"{etag_of(post.version)}"'}
+
+
+@blp.route("/posts")
+@blp.arguments(PostListArgsSchema, location="query")
+@blp.response(200, page_of(PostSchema))
+def list_posts(args):
+    """Newest first; `?author=` one author's; `?q=` full-text search."""
+    return service.list_posts(
+        limit=args["limit"], cursor=args.get("cursor"), author=args.get("author"), q=args.get("q")
+    )
+
+
+@blp.route("/posts", methods=["POST"])
+@blp.login_required()
+@blp.arguments(PostCreateSchema)
+@blp.response(201, PostSchema, headers={"Location": {"schema": {"type": "string"}}, **ETAG_HEADER})
+def create_post(body):
+    """Write a post."""
+    post = service.create_post(current_user.id, body["title"], body["body"])
+    return post, {"Location": url_for("posts.get_post", post_id=post.id), **_etag(post)}
+
+
+@blp.route("/posts/<int:post_id>")
+@blp.response(200, PostSchema, headers=ETAG_HEADER)
+@blp.alt_response(404, response="NOT_FOUND")
+def get_post(post_id):
+    """A post with its author's public summary."""
+    post = service.get_post(post_id)
+    return post, _etag(post)
+
+
+@blp.route("/posts/<int:post_id>", methods=["PATCH"])
+@blp.login_required()
+@blp.arguments(PostUpdateSchema)
+@blp.response(200, PostSchema, headers=ETAG_HEADER)
+@blp.alt_response(403, response="FORBIDDEN")
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(412, response="PRECONDITION_FAILED")
+def update_post(changes, post_id):
+    """Edit a post (author or admin). Send `If-Match` with the ETag you read."""
+    post = service.update_post(post_id, current_user, changes, request.if_match)
+    return post, _etag(post)
+
+
+@blp.route("/posts/<int:post_id>", methods=["DELETE"])
+@blp.login_required()
+@blp.response(204)
+@blp.alt_response(403, response="FORBIDDEN")
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(412, response="PRECONDITION_FAILED")
+def delete_post(post_id):
+    """Delete a post (author or admin)."""
+    service.delete_post(post_id, current_user, request.if_match)
+
+
+@blp.route("/feed")
+@blp.login_required()
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, page_of(PostSchema))
+def feed(args):
+    """Posts by the users I follow, newest first."""
+    return service.feed(current_user.id, limit=args["limit"], cursor=args.get("cursor"))

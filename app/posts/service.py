@@ -1,0 +1,94 @@
+"""Posts: write rules (ownership, counters, preconditions) and the read paths."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import contains_eager
+from werkzeug.datastructures import ETags
+
+from app.api import check_if_match
+from app.errors import Forbidden, NotFound
+from app.extensions import db
+from app.models import Follow, Post, User
+from app.pagination import Page, keyset_page
+from app.users.service import bump_counters, get_public
+
+KEY = [Post.created_at, Post.id]
+KEY_KINDS = [datetime, int]
+
+
+def _with_author():
+    return select(Post).join(Post.author).options(contains_eager(Post.author))
+
+
+def _page(stmt, limit: int, cursor: str | None) -> Page:
+    return keyset_page(stmt, KEY, KEY_KINDS, limit=limit, cursor=cursor)
+
+
+def get_post(post_id: int, *, for_update: bool = False) -> Post:
+    stmt = _with_author().where(Post.id == post_id)
+    if for_update:
+        stmt = stmt.with_for_update(of=Post).execution_options(populate_existing=True)
+    post = db.session.scalars(stmt).first()
+    if post is None:
+        raise NotFound(f"No post with id {post_id}.")
+    return post
+
+
+def list_posts(*, limit: int, cursor: str | None, author: int | None = None, q: str | None = None) -> Page:
+    """Newest first; optionally one author's, optionally matching a web-style search."""
+    stmt = _with_author().where(User.is_active)
+    if author is not None:
+        stmt = stmt.where(Post.author_id == author)
+    if q:
+        stmt = stmt.where(Post.search.op("@@")(func.websearch_to_tsquery("english", q)))
+    return _page(stmt, limit, cursor)
+
+
+def posts_of(user_id: int, *, limit: int, cursor: str | None) -> Page:
+    get_public(user_id)
+    return _page(_with_author().where(Post.author_id == user_id), limit, cursor)
+
+
+def feed(user_id: int, *, limit: int, cursor: str | None) -> Page:
+    """Posts by the users `user_id` follows, newest first."""
+    followed = select(Follow.followed_id).where(Follow.follower_id == user_id)
+    stmt = _with_author().where(Post.author_id.in_(followed), User.is_active)
+    return _page(stmt, limit, cursor)
+
+
+def create_post(author_id: int, title: str, body: str) -> Post:
+    post = Post(author_id=author_id, title=title, body=body)
+    db.session.add(post)
+    bump_counters(author_id, post_count=1)
+    db.session.commit()
+    return get_post(post.id)
+
+
+def _editable(post_id: int, actor: User) -> Post:
+    """The post, locked, if `actor` may change it: its author or an admin."""
+    post = get_post(post_id, for_update=True)
+    if post.author_id != actor.id and not actor.is_admin:
+        raise Forbidden("Only the author or an admin may change this post.")
+    return post
+
+
+def update_post(post_id: int, actor: User, changes: dict, if_match: ETags | None) -> Post:
+    post = _editable(post_id, actor)
+    check_if_match(if_match, post.version)
+    for field, value in changes.items():
+        setattr(post, field, value)
+    post.version = Post.version + 1
+    post.updated_at = func.now()
+    db.session.commit()
+    return get_post(post_id)
+
+
+def delete_post(post_id: int, actor: User, if_match: ETags | None) -> None:
+    post = _editable(post_id, actor)
+    check_if_match(if_match, post.version)
+    db.session.execute(delete(Post).where(Post.id == post.id))
+    bump_counters(post.author_id, post_count=-1)
+    db.session.commit()

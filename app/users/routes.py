@@ -1,0 +1,106 @@
+"""/api/v1/users: profiles, their posts and the follow graph."""
+
+from __future__ import annotations
+
+from flask import request
+from flask_jwt_extended import current_user
+
+from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
+from app.posts import service as posts
+from app.posts.schemas import PostSchema
+from app.users import service
+from app.users.schemas import (
+    PrivateUserSchema,
+    ProfileUpdateSchema,
+    PublicUserSchema,
+    UserListArgsSchema,
+    UserListItemSchema,
+)
+
+blp = ApiBlueprint("users", __name__, url_prefix="/users", description="Profiles and the follow graph")
+
+ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "the profile's version"}}
+
+
+@blp.route("")
+@blp.arguments(UserListArgsSchema, location="query")
+@blp.response(200, page_of(UserListItemSchema))
+def list_users(args):
+    """Active users by id; `?q=` prefix search; `?include=posts` embeds 5 newest posts each."""
+    return service.list_users(
+        limit=args["limit"], cursor=args.get("cursor"), q=args.get("q"), include_posts="include" in args
+    )
+
+
+@blp.route("/me")
+@blp.login_required()
+@blp.response(200, PrivateUserSchema, headers=ETAG_HEADER)
+def get_me():
+    """My profile, with email and role."""
+    return current_user, {"ETag": f'"{etag_of(current_user.version)}"'}
+
+
+@blp.route("/me", methods=["PATCH"])
+@blp.login_required()
+@blp.arguments(ProfileUpdateSchema)
+@blp.response(200, PrivateUserSchema, headers=ETAG_HEADER)
+@blp.alt_response(412, response="PRECONDITION_FAILED")
+def update_me(changes):
+    """Change my display name or bio. Send `If-Match` with the ETag you read."""
+    user = service.update_profile(current_user.id, changes, request.if_match)
+    return user, {"ETag": f'"{etag_of(user.version)}"'}
+
+
+@blp.route("/<int:user_id>")
+@blp.response(200, PublicUserSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+def get_user(user_id):
+    """A public profile."""
+    return service.get_public(user_id)
+
+
+@blp.route("/<int:user_id>/posts")
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, page_of(PostSchema))
+@blp.alt_response(404, response="NOT_FOUND")
+def user_posts(args, user_id):
+    """That user's posts, newest first."""
+    return posts.posts_of(user_id, limit=args["limit"], cursor=args.get("cursor"))
+
+
+@blp.route("/<int:user_id>/follow", methods=["PUT"])
+@blp.login_required()
+@blp.response(204)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(422, response="UNPROCESSABLE_CONTENT")
+def follow(user_id):
+    """Follow a user (idempotent)."""
+    service.follow(current_user.id, user_id)
+
+
+@blp.route("/<int:user_id>/follow", methods=["DELETE"])
+@blp.login_required()
+@blp.response(204)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(422, response="UNPROCESSABLE_CONTENT")
+def unfollow(user_id):
+    """Stop following a user (idempotent)."""
+    service.unfollow(current_user.id, user_id)
+
+
+@blp.route("/<int:user_id>/followers")
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, page_of(PublicUserSchema))
+@blp.alt_response(404, response="NOT_FOUND")
+def followers(args, user_id):
+    """Who follows this user, most recent first."""
+    return service.followers(user_id, limit=args["limit"], cursor=args.get("cursor"))
+
+
+@blp.route("/<int:user_id>/following")
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, page_of(PublicUserSchema))
+@blp.alt_response(404, response="NOT_FOUND")
+def following(args, user_id):
+    """Whom this user follows, most recent first."""
+    return service.following(user_id, limit=args["limit"], cursor=args.get("cursor"))

@@ -1,0 +1,19 @@
+"""gunicorn settings, every one overridable from the environment."""
+
+import multiprocessing
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
+threads = int(os.environ.get("WEB_THREADS", "1"))
+# well above DB_POOL_TIMEOUT, so a request waiting for a connection gets its 503, not a kill
+timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20"))
+keepalive = int(os.environ.get("WEB_KEEPALIVE", "5"))
+max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "10000"))
+max_requests_jitter = int(os.environ.get("WEB_MAX_REQUESTS_JITTER", "1000"))
+accesslog = os.environ.get("WEB_ACCESS_LOG", "-")
+errorlog = "-"
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# the app is imported in each worker after fork: no connection pool is shared across forks
+preload_app = False
