@@ -3,7 +3,8 @@
 import multiprocessing
 import os
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
+# all interfaces by default: inside a container or behind a platform router
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
 threads = int(os.environ.get("WEB_THREADS", "1"))
 # well above DB_POOL_TIMEOUT, so a request waiting for a connection gets its 503, not a kill

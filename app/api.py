@@ -4,6 +4,7 @@ schemas, auth documentation and ETag preconditions."""
 from __future__ import annotations
 
 import http
+
 import marshmallow as ma
 from flask_jwt_extended import jwt_required
 from flask_smorest import Blueprint
@@ -102,6 +103,5 @@ def check_if_match(if_match: ETags | None, version: int) -> None:
     if if_match and not if_match.contains(etag_of(version)):
         raise PreconditionFailed(
             "The resource changed since you read it; fetch it again and retry.",
-            errors={"If-Match": [f"current ETag is \"{etag_of(version)}\""]},
+            errors={"If-Match": [f'current ETag is "{etag_of(version)}"']},
         )
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import click
 from flask import Flask
@@ -40,11 +40,11 @@ def create_admin(username: str, email: str, password: str) -> None:
     click.echo(f"admin {user.username} created (id {user.id})")
 
 
-WORDS = (
-    "postgres redis celery flask worker cache query index queue token profile feed pool "
-    "latency backup deploy schema migration cursor page search vector shard replica lock "
-    "commit rollback request response header payload gateway service health metric trace"
-).split()
+WORDS = """
+postgres redis celery flask worker cache query index queue token profile feed pool latency backup
+deploy schema migration cursor page search vector shard replica lock commit rollback request
+response header payload gateway service health metric trace
+""".split()
 
 
 def _sentence(rng: random.Random, n: int) -> str:
@@ -72,22 +72,27 @@ def seed(n_users: int, n_posts: int, n_follows: int, demo: bool, rng_seed: int) 
         logins.append(f"admin: login=admin password={password}")
     password_hash = auth.hash_password(password)
     first = db.session.scalar(select(func.coalesce(func.max(User.id), 0))) + 1
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     new_ids: list[int] = []
     with click.progressbar(length=n_users, label="users and posts") as bar:
         for chunk in range(first, first + n_users, 500):
             numbers = range(chunk, min(chunk + 500, first + n_users))
-            ids = list(db.session.scalars(insert(User).returning(User.id), [
-                {
-                    "username": f"user{n}",
-                    "email": f"user{n}@example.com",
-                    "password_hash": password_hash,
-                    "display_name": f"{_sentence(rng, 1)} {rng.choice(WORDS).capitalize()}",
-                    "bio": _sentence(rng, 8),
-                    "created_at": now - timedelta(days=rng.randint(30, 365)),
-                }
-                for n in numbers
-            ]))
+            ids = list(
+                db.session.scalars(
+                    insert(User).returning(User.id),
+                    [
+                        {
+                            "username": f"user{n}",
+                            "email": f"user{n}@example.com",
+                            "password_hash": password_hash,
+                            "display_name": f"{_sentence(rng, 1)} {rng.choice(WORDS).capitalize()}",
+                            "bio": _sentence(rng, 8),
+                            "created_at": now - timedelta(days=rng.randint(30, 365)),
+                        }
+                        for n in numbers
+                    ],
+                )
+            )
             posts = [
                 {
                     "author_id": user_id,
@@ -107,7 +112,9 @@ def seed(n_users: int, n_posts: int, n_follows: int, demo: bool, rng_seed: int) 
     follows = [
         {"follower_id": follower, "followed_id": followed}
         for follower in new_ids
-        for followed in [f for f in rng.sample(everyone, min(n_follows + 1, len(everyone))) if f != follower][:n_follows]
+        for followed in [f for f in rng.sample(everyone, min(n_follows + 1, len(everyone))) if f != follower][
+            :n_follows
+        ]
     ]
     for chunk in range(0, len(follows), 5000):
         db.session.execute(insert(Follow), follows[chunk : chunk + 5000])

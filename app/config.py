@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-DEV_SECRET = "dev-only-insecure-secret-change-me-0000000000"
+# development-only default, refused by the production profile
+DEV_SECRET = "dev-only-insecure-secret-change-me-0000000000"  # noqa: S105
 
 
 class ConfigError(RuntimeError):
@@ -31,13 +32,6 @@ def _float(name: str, default: float) -> float:
         return float(raw) if raw not in (None, "") else default
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-
-
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def database_url(raw: str) -> str:
@@ -105,9 +99,7 @@ def load(overrides: dict | None = None) -> dict:
         "OPENAPI_URL_PREFIX": "/",
         "OPENAPI_JSON_PATH": "openapi.json",
         "OPENAPI_SWAGGER_UI_PATH": "/docs",
-        "OPENAPI_SWAGGER_UI_URL": os.environ.get(
-            "SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
-        ),
+        "OPENAPI_SWAGGER_UI_URL": os.environ.get("SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"),
     }
     if env == "test":
         # cheap hashing keeps the suite fast; the production cost is set above

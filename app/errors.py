@@ -89,7 +89,7 @@ def problem(status: int, detail: str | None = None, *, errors=None, headers=None
 def _field_errors(messages):
     """webargs nests errors under the location ("json", "query"); drop that level."""
     if isinstance(messages, dict) and len(messages) == 1:
-        (location, inner), = messages.items()
+        ((location, inner),) = messages.items()
         if location in {"json", "query", "querystring", "form", "headers", "files", "path", "view_args"}:
             return inner if isinstance(inner, dict) else {"_body": inner}
     return messages
@@ -121,9 +121,7 @@ def register_error_handlers(app: Flask) -> None:
         return problem(error.status, error.detail, errors=error.errors, headers=error.headers, title=error.title)
 
     def _unavailable(detail: str):
-        return problem(
-            503, detail, headers={"Retry-After": str(current_app.config["RETRY_AFTER_SECONDS"])}
-        )
+        return problem(503, detail, headers={"Retry-After": str(current_app.config["RETRY_AFTER_SECONDS"])})
 
     @app.errorhandler(PoolTimeoutError)
     def _pool_exhausted(error):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -44,7 +44,6 @@ class ProblemApi(Api):
         from app.api import register_problem_responses
 
         register_problem_responses(self)
-
 
 
 class RedisHolder:

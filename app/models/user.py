@@ -14,7 +14,7 @@ from app.extensions import db
 TZ = TIMESTAMP(timezone=True)
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     USER = "user"
     ADMIN = "admin"
 

@@ -34,18 +34,28 @@ def list_users(*, limit: int, cursor: str | None, q: str | None = None, include_
     stmt = select(User).where(User.is_active)
     if q:
         prefix = _escape_like(q.lower()) + "%"
-        stmt = stmt.where(
-            or_(func.lower(User.username).like(prefix), func.lower(User.display_name).like(prefix))
-        )
+        stmt = stmt.where(or_(func.lower(User.username).like(prefix), func.lower(User.display_name).like(prefix)))
     page = keyset_page(stmt, [User.id], [int], limit=limit, cursor=cursor, descending=False)
     if include_posts:
-        attach_recent_posts(page.items)
+        newest = recent_posts([user.id for user in page.items])
+        page = Page([UserWithPosts(user, newest[user.id]) for user in page.items], page.next_cursor)
     return page
 
 
-def attach_recent_posts(users: list[User], per_user: int = RECENT_POSTS) -> None:
-    """Set `recent_posts` on each user: its newest posts, in one query for all users."""
-    by_author: dict[int, list[Post]] = {user.id: [] for user in users}
+class UserWithPosts:
+    """A user seen with its newest posts: a read model, so the entity stays untouched."""
+
+    def __init__(self, user: User, recent_posts: list[Post]):
+        self.user = user
+        self.recent_posts = recent_posts
+
+    def __getattr__(self, name: str):
+        return getattr(self.user, name)
+
+
+def recent_posts(user_ids: list[int], per_user: int = RECENT_POSTS) -> dict[int, list[Post]]:
+    """The newest posts of each user, in one query for all of them."""
+    by_author: dict[int, list[Post]] = {user_id: [] for user_id in user_ids}
     if by_author:
         ranked = (
             select(
@@ -59,14 +69,11 @@ def attach_recent_posts(users: list[User], per_user: int = RECENT_POSTS) -> None
         )
         newest = db.aliased(Post, ranked)
         rows = db.session.scalars(
-            select(newest)
-            .where(ranked.c.rank <= per_user)
-            .order_by(ranked.c.author_id, ranked.c.rank)
+            select(newest).where(ranked.c.rank <= per_user).order_by(ranked.c.author_id, ranked.c.rank)
         )
         for post in rows:
             by_author[post.author_id].append(post)
-    for user in users:
-        user.recent_posts = by_author[user.id]
+    return by_author
 
 
 def update_profile(user_id: int, changes: dict, if_match: ETags | None) -> User:
@@ -172,4 +179,3 @@ def recount_counters() -> dict[str, int]:
         corrected[column] = result.rowcount
     db.session.commit()
     return corrected
-

@@ -1,0 +1,80 @@
+"""factory_boy factories that write through db.session and keep the counters true.
+
+Each factory call commits: in the test harness that releases a savepoint inside the
+test's outer transaction, so a request that fails and rolls back cannot take the
+test's data with it (the test and its requests share one app context, so one session).
+"""
+
+from __future__ import annotations
+
+import factory
+from argon2 import PasswordHasher
+
+from app.extensions import db
+from app.models import Follow, Post, Role, User
+from app.users.service import bump_counters
+
+PASSWORD = "correct horse battery staple"
+# hashed once, with the test profile's cheap argon2 parameters
+PASSWORD_HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
+
+
+class _Base(factory.Factory):
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        obj = model_class(*args, **kwargs)
+        db.session.add(obj)
+        db.session.flush()
+        cls._count(obj)
+        db.session.commit()
+        return obj
+
+    @classmethod
+    def _count(cls, obj) -> None:
+        """Keep the stored counters true, as the service functions do."""
+
+
+class UserFactory(_Base):
+    class Meta:
+        model = User
+
+    username = factory.Sequence(lambda n: f"user_{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
+    password_hash = PASSWORD_HASH
+    display_name = factory.LazyAttribute(lambda u: u.username.replace("_", " ").title())
+    bio = "Hello."
+    role = Role.USER.value
+    is_active = True
+
+
+class AdminFactory(UserFactory):
+    role = Role.ADMIN.value
+
+
+class PostFactory(_Base):
+    class Meta:
+        model = Post
+
+    author = factory.SubFactory(UserFactory)
+    title = factory.Sequence(lambda n: f"Post number {n}")
+    body = "Some text about postgres and redis."
+
+    @classmethod
+    def _count(cls, post) -> None:
+        bump_counters(post.author_id, post_count=1)
+
+
+class FollowFactory(_Base):
+    class Meta:
+        model = Follow
+
+    follower_id = factory.LazyFunction(lambda: UserFactory().id)
+    followed_id = factory.LazyFunction(lambda: UserFactory().id)
+
+    @classmethod
+    def _count(cls, follow) -> None:
+        bump_counters(follow.follower_id, following_count=1)
+        bump_counters(follow.followed_id, follower_count=1)

@@ -1,0 +1,78 @@
+"""`flask users create-admin` and `flask seed`."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.models import Follow, Post, User
+from tests.factories import PASSWORD, UserFactory
+
+
+def count(model) -> int:
+    return db.session.scalar(select(func.count()).select_from(model))
+
+
+def test_create_admin_from_options_and_env(app, client):
+    runner = app.test_cli_runner()
+    result = runner.invoke(
+        args=["users", "create-admin", "--username", "root_admin", "--email", "root@example.com"],
+        env={"ADMIN_PASSWORD": PASSWORD},
+    )
+    assert result.exit_code == 0, result.output
+    admin = db.session.scalars(select(User).where(User.username == "root_admin")).one()
+    assert admin.role == "admin"
+    login = client.post("/api/v1/auth/login", json={"login": "root_admin", "password": PASSWORD})
+    assert login.status_code == 200
+
+
+def test_create_admin_prompts_for_the_password(app):
+    result = app.test_cli_runner().invoke(
+        args=["users", "create-admin", "--username", "prompted", "--email", "p@example.com"],
+        input=f"{PASSWORD}\n{PASSWORD}\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert count(User) == 1
+
+
+def test_create_admin_refuses_bad_input_and_taken_names(app):
+    runner = app.test_cli_runner()
+    weak = runner.invoke(args=["users", "create-admin", "--username", "x", "--email", "bad", "--password", "short"])
+    assert weak.exit_code != 0
+    assert "username" in weak.output and "password" in weak.output
+    UserFactory(username="taken")
+    taken = runner.invoke(
+        args=["users", "create-admin", "--username", "taken", "--email", "t@example.com", "--password", PASSWORD]
+    )
+    assert taken.exit_code != 0
+    assert "already taken" in taken.output
+    assert count(User) == 1
+
+
+def test_seed_loads_users_posts_follows_with_true_counters(app):
+    result = app.test_cli_runner().invoke(args=["seed", "--users", "30", "--posts", "3", "--follows", "4"])
+    assert result.exit_code == 0, result.output
+    assert (count(User), count(Post), count(Follow)) == (30, 90, 120)
+    db.session.expire_all()
+    for user in db.session.scalars(select(User)):
+        assert user.post_count == 3
+        assert user.following_count == 4
+        assert user.follower_count == db.session.scalar(
+            select(func.count()).select_from(Follow).where(Follow.followed_id == user.id)
+        )
+
+
+def test_demo_seed_runs_once_and_keeps_the_logins(app, tmp_path, monkeypatch, client):
+    monkeypatch.setattr(app, "instance_path", str(tmp_path))
+    runner = app.test_cli_runner()
+    first = runner.invoke(args=["seed", "--demo", "--users", "5", "--posts", "2"])
+    assert first.exit_code == 0, first.output
+    logins = (tmp_path / "demo-logins.txt").read_text()
+    assert "login=admin" in logins
+    password = logins.split("password=")[1].split()[0]
+    assert client.post("/api/v1/auth/login", json={"login": "admin", "password": password}).status_code == 200
+    first_user = logins.split("users: login=")[1].split()[0]
+    assert client.post("/api/v1/auth/login", json={"login": first_user, "password": password}).status_code == 200
+    again = runner.invoke(args=["seed", "--demo"])
+    assert "already loaded" in again.output
+    assert count(User) == 6

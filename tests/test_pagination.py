@@ -1,0 +1,103 @@
+"""Keyset pagination: every row once, in order, even while rows are being added."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.errors import ValidationFailed
+from app.pagination import decode_cursor, encode_cursor
+from tests.factories import FollowFactory, PostFactory, UserFactory
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def walk(client, url, headers=None, limit=7, between_pages=None):
+    seen, cursor, pages = [], None, 0
+    while True:
+        query = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        response = client.get(url, query_string=query, headers=headers or {})
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        assert len(body["items"]) <= limit
+        seen += [item["id"] for item in body["items"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return seen, pages
+        if between_pages:
+            between_pages()
+
+
+def test_posts_pages_miss_and_repeat_nothing_while_posts_are_added(client):
+    author = UserFactory()
+    # several posts share a timestamp: the id breaks the tie
+    existing = [PostFactory(author=author, created_at=T0 + timedelta(minutes=i // 3)) for i in range(40)]
+    expected = [p.id for p in sorted(existing, key=lambda p: (p.created_at, p.id), reverse=True)]
+    seen, pages = walk(client, "/api/v1/posts", between_pages=lambda: PostFactory(author=author))
+    assert seen == expected
+    assert pages == 6
+
+
+def test_feed_and_user_posts_pages(client, login):
+    me, author = UserFactory(), UserFactory()
+    FollowFactory(follower_id=me.id, followed_id=author.id)
+    posts = [PostFactory(author=author, created_at=T0 + timedelta(seconds=i)) for i in range(15)]
+    expected = [p.id for p in reversed(posts)]
+    assert walk(client, "/api/v1/feed", headers=login(me), limit=4)[0] == expected
+    assert walk(client, f"/api/v1/users/{author.id}/posts", limit=4)[0] == expected
+
+
+def test_users_pages_in_id_order_with_new_users_arriving(client):
+    existing = [u.id for u in UserFactory.create_batch(20)]
+    seen, _ = walk(client, "/api/v1/users", between_pages=UserFactory)
+    assert seen[: len(existing)] == existing
+    assert len(seen) == len(set(seen))
+
+
+def test_followers_pages(client, login):
+    star = UserFactory()
+    fans = UserFactory.create_batch(12)
+    for i, fan in enumerate(fans):
+        FollowFactory(follower_id=fan.id, followed_id=star.id, created_at=T0 + timedelta(seconds=i // 2))
+    seen, _ = walk(
+        client, f"/api/v1/users/{star.id}/followers", limit=5, between_pages=lambda: FollowFactory(followed_id=star.id)
+    )
+    by_follow_time = sorted(range(len(fans)), key=lambda i: (i // 2, fans[i].id), reverse=True)
+    assert seen == [fans[i].id for i in by_follow_time]
+    assert len(seen) == len(set(seen)) == len(fans)
+
+
+def test_default_and_maximum_page_size(client):
+    PostFactory.create_batch(25)
+    assert len(client.get("/api/v1/posts").get_json()["items"]) == 20
+    assert len(client.get("/api/v1/posts?limit=100").get_json()["items"]) == 25
+    assert client.get("/api/v1/posts?limit=101").status_code == 422
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",
+        "abc",
+        encode_cursor(["2026-01-01T00:00:00+00:00"]),
+        encode_cursor([1, 2]),
+        encode_cursor(["not a date", 3]),
+        encode_cursor(["2026-01-01T00:00:00+00:00", "3"]),
+        encode_cursor(["2026-01-01T00:00:00+00:00", True]),
+        "eyJ9",
+        "x" * 513,
+    ],
+)
+def test_a_forged_cursor_is_422_naming_cursor(client, cursor):
+    response = client.get("/api/v1/posts", query_string={"cursor": cursor})
+    assert response.status_code == 422
+    assert "cursor" in response.get_json()["errors"]
+
+
+def test_cursor_round_trip():
+    stamp = datetime(2026, 5, 1, 12, 30, tzinfo=UTC)
+    assert decode_cursor(encode_cursor([stamp, 42]), [datetime, int]) == [stamp, 42]
+    with pytest.raises(ValidationFailed):
+        decode_cursor(encode_cursor({"a": 1}), [int])

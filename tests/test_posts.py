@@ -1,0 +1,168 @@
+"""/posts and /feed: writing, reading, searching, ownership and preconditions."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.extensions import db
+from app.models import Post, User
+from tests.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
+
+POSTS = "/api/v1/posts"
+
+
+def post_count() -> int:
+    return db.session.query(Post).count()
+
+
+def test_create_post_returns_201_location_etag_and_author(client, login):
+    author = UserFactory()
+    response = client.post(POSTS, json={"title": "Hello", "body": "First post."}, headers=login(author))
+    assert response.status_code == 201
+    body = response.get_json()
+    assert response.headers["Location"] == f"{POSTS}/{body['id']}"
+    assert response.headers["ETag"] == '"v1"'
+    assert body["author"] == {"id": author.id, "username": author.username, "display_name": author.display_name}
+    assert client.get(f"/api/v1/users/{author.id}").get_json()["post_count"] == 1
+
+
+def test_create_post_needs_a_token(client):
+    assert client.post(POSTS, json={"title": "t", "body": "b"}).status_code == 401
+    assert post_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"body": "b"}, "title"),
+        ({"title": "t"}, "body"),
+        ({"title": "", "body": "b"}, "title"),
+        ({"title": "  ", "body": "b"}, "title"),
+        ({"title": "t" * 201, "body": "b"}, "title"),
+        ({"title": "t", "body": "b" * 20001}, "body"),
+        ({"title": "t", "body": "b", "author_id": 1}, "author_id"),
+        ({"title": ["t"], "body": "b"}, "title"),
+        ({"title": None, "body": "b"}, "title"),
+    ],
+)
+def test_create_post_validation_writes_nothing(client, login, body, field):
+    response = client.post(POSTS, json=body, headers=login(UserFactory()))
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]
+    assert post_count() == 0
+
+
+def test_get_post_with_etag_and_404(client):
+    post = PostFactory()
+    response = client.get(f"{POSTS}/{post.id}")
+    assert response.status_code == 200
+    assert response.get_json()["title"] == post.title
+    assert response.headers["ETag"] == '"v1"'
+    assert client.get(f"{POSTS}/999999").status_code == 404
+
+
+def test_author_edits_with_if_match(client, login):
+    post = PostFactory()
+    headers = login(db.session.get(User, post.author_id))
+    response = client.patch(f"{POSTS}/{post.id}", json={"title": "Edited"}, headers={**headers, "If-Match": '"v1"'})
+    assert response.status_code == 200
+    assert response.get_json()["title"] == "Edited"
+    assert response.headers["ETag"] == '"v2"'
+    stale = client.patch(f"{POSTS}/{post.id}", json={"title": "Lost"}, headers={**headers, "If-Match": '"v1"'})
+    assert stale.status_code == 412
+    assert client.get(f"{POSTS}/{post.id}").get_json()["title"] == "Edited"
+
+
+def test_edit_without_if_match_is_allowed_and_star_matches(client, login):
+    post = PostFactory()
+    headers = login(db.session.get(User, post.author_id))
+    assert client.patch(f"{POSTS}/{post.id}", json={"body": "new"}, headers=headers).status_code == 200
+    assert (
+        client.patch(f"{POSTS}/{post.id}", json={"body": "newer"}, headers={**headers, "If-Match": "*"}).status_code
+        == 200
+    )
+
+
+def test_another_user_cannot_edit_or_delete_and_nothing_changes(client, login):
+    post = PostFactory(title="Mine")
+    intruder = login(UserFactory())
+    assert client.patch(f"{POSTS}/{post.id}", json={"title": "Yours"}, headers=intruder).status_code == 403
+    assert client.delete(f"{POSTS}/{post.id}", headers=intruder).status_code == 403
+    body = client.get(f"{POSTS}/{post.id}").get_json()
+    assert body["title"] == "Mine"
+    assert client.get(f"/api/v1/users/{post.author_id}").get_json()["post_count"] == 1
+
+
+def test_admin_may_edit_and_delete_any_post(client, login):
+    post = PostFactory()
+    admin = login(AdminFactory())
+    assert client.patch(f"{POSTS}/{post.id}", json={"title": "Moderated"}, headers=admin).status_code == 200
+    assert client.delete(f"{POSTS}/{post.id}", headers=admin).status_code == 204
+    assert client.get(f"{POSTS}/{post.id}").status_code == 404
+
+
+def test_delete_keeps_the_count_and_a_stale_etag_blocks_it(client, login):
+    post = PostFactory()
+    headers = login(db.session.get(User, post.author_id))
+    client.patch(f"{POSTS}/{post.id}", json={"title": "v2"}, headers=headers)
+    assert client.delete(f"{POSTS}/{post.id}", headers={**headers, "If-Match": '"v1"'}).status_code == 412
+    response = client.delete(f"{POSTS}/{post.id}", headers={**headers, "If-Match": '"v2"'})
+    assert response.status_code == 204
+    assert client.get(f"/api/v1/users/{post.author_id}").get_json()["post_count"] == 0
+    assert client.delete(f"{POSTS}/{post.id}", headers=headers).status_code == 404
+
+
+def test_patch_validation(client, login):
+    post = PostFactory()
+    headers = login(db.session.get(User, post.author_id))
+    for body, field in [({}, "_schema"), ({"title": ""}, "title"), ({"author_id": 2}, "author_id")]:
+        response = client.patch(f"{POSTS}/{post.id}", json=body, headers=headers)
+        assert response.status_code == 422
+        assert field in response.get_json()["errors"]
+    assert client.patch(f"{POSTS}/999999", json={"title": "x"}, headers=headers).status_code == 404
+
+
+def test_list_newest_first_and_by_author(client):
+    first, second = UserFactory(), UserFactory()
+    a = PostFactory(author=first)
+    b = PostFactory(author=second)
+    c = PostFactory(author=first)
+    assert [p["id"] for p in client.get(POSTS).get_json()["items"]] == [c.id, b.id, a.id]
+    assert [p["id"] for p in client.get(f"{POSTS}?author={first.id}").get_json()["items"]] == [c.id, a.id]
+    assert client.get(f"{POSTS}?author=0").status_code == 422
+
+
+def test_posts_of_inactive_authors_are_hidden(client):
+    visible = PostFactory()
+    PostFactory(author=UserFactory(is_active=False))
+    assert [p["id"] for p in client.get(POSTS).get_json()["items"]] == [visible.id]
+
+
+def test_full_text_search(client):
+    hit_title = PostFactory(title="Tuning PostgreSQL indexes", body="Some words.")
+    hit_body = PostFactory(title="Notes", body="Why the planner picked an index scan.")
+    PostFactory(title="Redis", body="Caching profiles.")
+    ids = {p["id"] for p in client.get(f"{POSTS}?q=index").get_json()["items"]}
+    assert ids == {hit_title.id, hit_body.id}
+    both = client.get(POSTS, query_string={"q": '"planner picked" -redis'}).get_json()["items"]
+    assert [p["id"] for p in both] == [hit_body.id]
+    assert client.get(POSTS, query_string={"q": "!!! & |"}).status_code == 200
+
+
+def test_feed_shows_posts_of_followed_users_only(client, login):
+    me, followed, stranger = UserFactory(), UserFactory(), UserFactory()
+    FollowFactory(follower_id=me.id, followed_id=followed.id)
+    mine = PostFactory(author=followed)
+    PostFactory(author=stranger)
+    PostFactory(author=me)
+    items = client.get("/api/v1/feed", headers=login(me)).get_json()["items"]
+    assert [p["id"] for p in items] == [mine.id]
+    assert client.get("/api/v1/feed").status_code == 401
+
+
+def test_deleting_a_user_cascades(client):
+    post = PostFactory()
+    FollowFactory(follower_id=post.author_id)
+    db.session.delete(db.session.get(User, post.author_id))
+    db.session.commit()
+    assert post_count() == 0

@@ -1,0 +1,81 @@
+"""No N+1: each list endpoint runs the same number of queries for 1 item as for 100."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.extensions import db
+from app.models import User
+from tests.factories import FollowFactory, PostFactory, UserFactory
+
+
+def queries_for(client, count_queries, url, headers=None, expect_items=None) -> int:
+    db.session.expunge_all()  # as in a fresh request: nothing already loaded
+    with count_queries() as counter:
+        response = client.get(url, headers=headers or {})
+    assert response.status_code == 200
+    items = response.get_json()["items"]
+    assert len(items) == (expect_items or len(items)) and items
+    return counter.count
+
+
+@pytest.fixture
+def reader():
+    return UserFactory()
+
+
+def _followed_authors(reader_id: int, n: int, posts_each: int = 1):
+    for _ in range(n):
+        author = UserFactory()
+        FollowFactory(follower_id=reader_id, followed_id=author.id)
+        PostFactory.create_batch(posts_each, author=author)
+
+
+@pytest.mark.parametrize(
+    ("url", "grow", "budget"),
+    [
+        (
+            "/api/v1/users?include=posts&limit=100",
+            lambda r, n: [PostFactory.create_batch(6, author=UserFactory()) for _ in range(n)],
+            2,
+        ),
+        ("/api/v1/posts?limit=100", lambda r, n: PostFactory.create_batch(n), 1),
+        ("/api/v1/feed?limit=100", lambda r, n: _followed_authors(r, n), 2),
+        (
+            "/api/v1/users/{reader}/followers?limit=100",
+            lambda r, n: [FollowFactory(followed_id=r) for _ in range(n)],
+            2,
+        ),
+        (
+            "/api/v1/users/{reader}/following?limit=100",
+            lambda r, n: [FollowFactory(follower_id=r) for _ in range(n)],
+            2,
+        ),
+        (
+            "/api/v1/users/{reader}/posts?limit=100",
+            lambda r, n: PostFactory.create_batch(n, author=db.session.get(User, r)),
+            2,
+        ),
+    ],
+)
+def test_list_query_count_does_not_grow_with_the_page(client, count_queries, login, reader, url, grow, budget):
+    reader_id = reader.id
+    url = url.format(reader=reader_id)
+    headers = login(reader)
+    grow(reader_id, 1)
+    small = queries_for(client, count_queries, url, headers)
+    grow(reader_id, 99)
+    large = queries_for(client, count_queries, url, headers, expect_items=100)
+    assert small == large
+    # the token's user lookup is one more query on endpoints that need a login
+    assert large <= budget + (1 if "feed" in url else 0)
+
+
+def test_users_with_posts_embeds_for_a_full_page_in_two_queries(client, count_queries):
+    for _ in range(100):
+        PostFactory.create_batch(6, author=UserFactory())
+    db.session.expunge_all()
+    with count_queries() as counter:
+        body = client.get("/api/v1/users?include=posts&limit=100").get_json()
+    assert counter.count == 2
+    assert all(len(user["posts"]) == 5 for user in body["items"])
