@@ -9,6 +9,7 @@ import uuid
 from flask import Flask, g, request
 
 from app import config as config_module
+from app.api import register_id_converter
 from app.extensions import ProblemApi, db, jwt, migrate, redis_store
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -26,6 +27,7 @@ def create_app(config: dict | None = None) -> Flask:
     redis_store.init_app(app)
     # one Api per app (flask-smorest keeps the spec on it), so tests may build several
     api = ProblemApi(app)
+    register_id_converter(app, api)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
 
     from app import models  # noqa: F401  (registers the tables)

@@ -11,8 +11,23 @@ from flask_smorest import Blueprint
 from flask_smorest.utils import prepare_response
 from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import ETags
+from werkzeug.routing import IntegerConverter
 
 from app.errors import PROBLEM_JSON, PreconditionFailed
+
+BIGINT_MAX = 2**63 - 1
+
+
+class IdConverter(IntegerConverter):
+    """`<id:name>`: a positive integer that fits PostgreSQL's bigint; anything else is 404."""
+
+    def __init__(self, url_map):
+        super().__init__(url_map, min=1, max=BIGINT_MAX)
+
+
+def register_id_converter(app, api) -> None:
+    app.url_map.converters["id"] = IdConverter
+    api.register_converter(IdConverter, lambda _c: {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX})
 
 
 class StrictParser(FlaskParser):
@@ -40,10 +55,23 @@ class ApiBlueprint(Blueprint):
 
 
 class StrictSchema(ma.Schema):
-    """Base of every input schema: unknown fields are an error (no mass assignment)."""
+    """Base of every input schema: unknown fields are an error (no mass assignment), and
+    no string may hold a NUL character (PostgreSQL text cannot store one)."""
 
     class Meta:
         unknown = ma.RAISE
+
+    @ma.pre_load
+    def _refuse_nul(self, data, **_kwargs):
+        if hasattr(data, "items"):
+            bad = {
+                key: ["Must not contain NUL characters."]
+                for key, value in data.items()
+                if isinstance(value, str) and "\x00" in value
+            }
+            if bad:
+                raise ma.ValidationError(bad)
+        return data
 
 
 class ProblemSchema(ma.Schema):

@@ -65,57 +65,27 @@ def seed(n_users: int, n_posts: int, n_follows: int, demo: bool, rng_seed: int) 
     rng = random.Random(rng_seed)
     password = secrets.token_urlsafe(12)
     logins = []
+    first = db.session.scalar(select(func.coalesce(func.max(User.id), 0))) + 1
     if demo:
         admin = auth.register("admin", "admin@example.com", password)
         admin.role = Role.ADMIN.value
         db.session.commit()
         logins.append(f"admin: login=admin password={password}")
     password_hash = auth.hash_password(password)
-    first = db.session.scalar(select(func.coalesce(func.max(User.id), 0))) + 1
     now = datetime.now(UTC)
     new_ids: list[int] = []
     with click.progressbar(length=n_users, label="users and posts") as bar:
         for chunk in range(first, first + n_users, 500):
             numbers = range(chunk, min(chunk + 500, first + n_users))
-            ids = list(
-                db.session.scalars(
-                    insert(User).returning(User.id),
-                    [
-                        {
-                            "username": f"user{n}",
-                            "email": f"user{n}@example.com",
-                            "password_hash": password_hash,
-                            "display_name": f"{_sentence(rng, 1)} {rng.choice(WORDS).capitalize()}",
-                            "bio": _sentence(rng, 8),
-                            "created_at": now - timedelta(days=rng.randint(30, 365)),
-                        }
-                        for n in numbers
-                    ],
-                )
-            )
-            posts = [
-                {
-                    "author_id": user_id,
-                    "title": _sentence(rng, rng.randint(3, 8)),
-                    "body": ". ".join(_sentence(rng, rng.randint(6, 14)) for _ in range(rng.randint(1, 4))) + ".",
-                    "created_at": now - timedelta(minutes=rng.randint(0, 60 * 24 * 30)),
-                }
-                for user_id in ids
-                for _ in range(n_posts)
-            ]
+            user_rows = _user_rows(rng, numbers, password_hash, now)
+            ids = list(db.session.scalars(insert(User).returning(User.id), user_rows))
+            posts = _post_rows(rng, ids, n_posts, now)
             if posts:
                 db.session.execute(insert(Post), posts)
             db.session.commit()
             new_ids += ids
             bar.update(len(ids))
-    everyone = list(db.session.scalars(select(User.id)))
-    follows = [
-        {"follower_id": follower, "followed_id": followed}
-        for follower in new_ids
-        for followed in [f for f in rng.sample(everyone, min(n_follows + 1, len(everyone))) if f != follower][
-            :n_follows
-        ]
-    ]
+    follows = _follow_rows(rng, new_ids, list(db.session.scalars(select(User.id))), n_follows)
     for chunk in range(0, len(follows), 5000):
         db.session.execute(insert(Follow), follows[chunk : chunk + 5000])
     db.session.commit()
@@ -125,6 +95,50 @@ def seed(n_users: int, n_posts: int, n_follows: int, demo: bool, rng_seed: int) 
         logins.append(f"users: login=user{first} .. user{first + n_users - 1} password={password}")
     if demo:
         _remember_demo_logins(logins)
+
+
+def _user_rows(rng: random.Random, numbers: range, password_hash: str, now: datetime) -> list[dict]:
+    rows = []
+    for n in numbers:
+        joined = now - timedelta(days=rng.randint(30, 365))
+        rows.append(
+            {
+                "username": f"user{n}",
+                "email": f"user{n}@example.com",
+                "password_hash": password_hash,
+                "display_name": f"{_sentence(rng, 1)} {rng.choice(WORDS).capitalize()}",
+                "bio": _sentence(rng, 8),
+                "created_at": joined,
+                "updated_at": joined,
+            }
+        )
+    return rows
+
+
+def _post_rows(rng: random.Random, author_ids: list[int], per_author: int, now: datetime) -> list[dict]:
+    rows = []
+    for author_id in author_ids:
+        for _ in range(per_author):
+            written = now - timedelta(minutes=rng.randint(0, 60 * 24 * 30))
+            sentences = (_sentence(rng, rng.randint(6, 14)) for _ in range(rng.randint(1, 4)))
+            rows.append(
+                {
+                    "author_id": author_id,
+                    "title": _sentence(rng, rng.randint(3, 8)),
+                    "body": ". ".join(sentences) + ".",
+                    "created_at": written,
+                    "updated_at": written,
+                }
+            )
+    return rows
+
+
+def _follow_rows(rng: random.Random, follower_ids: list[int], everyone: list[int], per_user: int) -> list[dict]:
+    rows = []
+    for follower in follower_ids:
+        others = [u for u in rng.sample(everyone, min(per_user + 1, len(everyone))) if u != follower]
+        rows += [{"follower_id": follower, "followed_id": followed} for followed in others[:per_user]]
+    return rows
 
 
 def _remember_demo_logins(logins: list[str]) -> None:

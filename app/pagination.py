@@ -42,7 +42,7 @@ def decode_cursor(cursor: str, kinds: Sequence[type]) -> list:
         for value, kind in zip(raw, kinds, strict=True):
             if kind is datetime:
                 values.append(datetime.fromisoformat(value))
-            elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+            elif kind is int and isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
                 values.append(value)
             else:
                 raise ValueError("wrong type")

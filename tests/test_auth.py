@@ -196,6 +196,8 @@ def test_bad_tokens_are_all_401_problems(client, app):
         "garbage": "not.a.token",
         "unknown user": _forged(app, _claims(10**12), "HS256", secret),
         "non-numeric sub": _forged(app, _claims(0, sub="abc"), "HS256", secret),
+        "sub beyond bigint": _forged(app, _claims(0, sub="9" * 30), "HS256", secret),
+        "integer sub": _forged(app, _claims(0, sub=user.id), "HS256", secret),
     }
     for reason, token in tokens.items():
         response = client.get(ME, headers={"Authorization": f"Bearer {token}"})

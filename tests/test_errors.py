@@ -144,3 +144,48 @@ def test_openapi_document_lists_every_endpoint_and_problem_responses(client):
     assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert "401" in spec["paths"]["/api/v1/feed"]["get"]["responses"]
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("get", "/api/v1/users/99999999999999999999999", None),
+        ("get", "/api/v1/posts/9223372036854775808", None),
+        ("get", "/api/v1/users/0", None),
+        ("get", "/api/v1/posts/-1", None),
+    ],
+)
+def test_ids_beyond_bigint_are_404_not_500(client, method, url, body):
+    assert getattr(client, method)(url, json=body).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "field"),
+    [
+        ("/api/v1/auth/login", {"login": "a\x00b", "password": "x"}, "login"),
+        ("/api/v1/auth/register", {"username": "abc", "email": "a@example.com", "password": "p\x00" * 6}, "password"),
+    ],
+)
+def test_nul_characters_are_422_naming_the_field(client, url, body, field):
+    response = client.post(url, json=body)
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]
+
+
+def test_nul_in_a_query_string_is_422(client):
+    response = client.get("/api/v1/posts", query_string={"q": "a\x00b"})
+    assert response.status_code == 422
+    assert "q" in response.get_json()["errors"]
+
+
+def test_cursor_with_an_id_beyond_bigint_is_422(client):
+    from app.pagination import encode_cursor
+
+    response = client.get("/api/v1/posts", query_string={"cursor": encode_cursor(["2026-01-01T00:00:00", 2**70])})
+    assert response.status_code == 422
+
+
+def test_path_ids_are_documented_as_bounded_integers(client):
+    spec = client.get("/openapi.json").get_json()
+    (param,) = [p for p in spec["paths"]["/api/v1/posts/{post_id}"]["parameters"] if p["name"] == "post_id"]
+    assert param["schema"] == {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}

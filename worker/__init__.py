@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from celery import Celery, Task
 from celery.schedules import crontab
+from celery.signals import worker_process_init
 from flask import Flask
 
 
@@ -43,6 +44,15 @@ def make_celery(flask_app: Flask) -> Celery:
     )
     celery.set_default()
     flask_app.extensions["celery"] = celery
+
+    @worker_process_init.connect(weak=False)
+    def _fresh_pool_after_fork(**_kwargs):
+        # a forked child must not share the parent's PostgreSQL connections
+        with flask_app.app_context():
+            from app.extensions import db
+
+            db.engine.dispose(close=False)
+
     return celery
 
 

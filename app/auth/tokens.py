@@ -37,10 +37,10 @@ def register_token_callbacks(jwt: JWTManager) -> None:
     @jwt.user_lookup_loader
     def _load_user(_header, payload):
         """The token's user; a deleted or deactivated one makes the token worthless."""
-        try:
-            user = db.session.get(User, int(payload["sub"]))
-        except (TypeError, ValueError):
+        sub = payload.get("sub")
+        if not isinstance(sub, str) or not sub.isdigit() or not 0 < int(sub) < 2**63:
             return None
+        user = db.session.get(User, int(sub))
         return user if user is not None and user.is_active else None
 
     @jwt.user_lookup_error_loader

@@ -38,7 +38,7 @@ def create_post(body):
     return post, {"Location": url_for("posts.get_post", post_id=post.id), **_etag(post)}
 
 
-@blp.route("/posts/<int:post_id>")
+@blp.route("/posts/<id:post_id>")
 @blp.response(200, PostSchema, headers=ETAG_HEADER)
 @blp.alt_response(404, response="NOT_FOUND")
 def get_post(post_id):
@@ -47,7 +47,7 @@ def get_post(post_id):
     return post, _etag(post)
 
 
-@blp.route("/posts/<int:post_id>", methods=["PATCH"])
+@blp.route("/posts/<id:post_id>", methods=["PATCH"])
 @blp.login_required()
 @blp.arguments(PostUpdateSchema)
 @blp.response(200, PostSchema, headers=ETAG_HEADER)
@@ -60,7 +60,7 @@ def update_post(changes, post_id):
     return post, _etag(post)
 
 
-@blp.route("/posts/<int:post_id>", methods=["DELETE"])
+@blp.route("/posts/<id:post_id>", methods=["DELETE"])
 @blp.login_required()
 @blp.response(204)
 @blp.alt_response(403, response="FORBIDDEN")

@@ -51,7 +51,7 @@ def update_me(changes):
     return user, {"ETag": f'"{etag_of(user.version)}"'}
 
 
-@blp.route("/<int:user_id>")
+@blp.route("/<id:user_id>")
 @blp.response(200, PublicUserSchema)
 @blp.alt_response(404, response="NOT_FOUND")
 def get_user(user_id):
@@ -59,7 +59,7 @@ def get_user(user_id):
     return service.get_public(user_id)
 
 
-@blp.route("/<int:user_id>/posts")
+@blp.route("/<id:user_id>/posts")
 @blp.arguments(PageArgsSchema, location="query")
 @blp.response(200, page_of(PostSchema))
 @blp.alt_response(404, response="NOT_FOUND")
@@ -68,7 +68,7 @@ def user_posts(args, user_id):
     return posts.posts_of(user_id, limit=args["limit"], cursor=args.get("cursor"))
 
 
-@blp.route("/<int:user_id>/follow", methods=["PUT"])
+@blp.route("/<id:user_id>/follow", methods=["PUT"])
 @blp.login_required()
 @blp.response(204)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -78,7 +78,7 @@ def follow(user_id):
     service.follow(current_user.id, user_id)
 
 
-@blp.route("/<int:user_id>/follow", methods=["DELETE"])
+@blp.route("/<id:user_id>/follow", methods=["DELETE"])
 @blp.login_required()
 @blp.response(204)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -88,7 +88,7 @@ def unfollow(user_id):
     service.unfollow(current_user.id, user_id)
 
 
-@blp.route("/<int:user_id>/followers")
+@blp.route("/<id:user_id>/followers")
 @blp.arguments(PageArgsSchema, location="query")
 @blp.response(200, page_of(PublicUserSchema))
 @blp.alt_response(404, response="NOT_FOUND")
@@ -97,7 +97,7 @@ def followers(args, user_id):
     return service.followers(user_id, limit=args["limit"], cursor=args.get("cursor"))
 
 
-@blp.route("/<int:user_id>/following")
+@blp.route("/<id:user_id>/following")
 @blp.arguments(PageArgsSchema, location="query")
 @blp.response(200, page_of(PublicUserSchema))
 @blp.alt_response(404, response="NOT_FOUND")
