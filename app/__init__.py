@@ -48,6 +48,10 @@ def create_app(config: dict | None = None) -> Flask:
     from app.cli import register_cli
 
     register_cli(app)
+
+    from worker import make_celery
+
+    make_celery(app)
     return app
 
 

@@ -121,6 +121,18 @@ def register_problem_responses(api) -> None:
     api.spec.components.response("DEFAULT_ERROR", response, lazy=True)
 
 
+class WithExtras:
+    """An entity plus attributes computed for one response; the entity stays untouched
+    (it may sit in the session's identity map, shared with other code)."""
+
+    def __init__(self, entity, **extras):
+        self._entity = entity
+        self.__dict__.update(extras)
+
+    def __getattr__(self, name: str):
+        return getattr(self._entity, name)
+
+
 def etag_of(version: int) -> str:
     """The entity tag of an editable resource: its version, bumped on every change."""
     return f"v{version}"

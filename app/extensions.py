@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis
+from flask import current_app
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_smorest import Api
@@ -46,22 +47,27 @@ class ProblemApi(Api):
         register_problem_responses(self)
 
 
-class RedisHolder:
-    """The app's Redis client, with short timeouts so a hung Redis never hangs a request."""
+class RedisStore:
+    """The app's Redis client, with short timeouts so a hung Redis never hangs a request.
 
-    client: redis.Redis | None = None
+    One client (and connection pool) per app, kept in app.extensions like the others.
+    """
 
     def init_app(self, app) -> None:
         timeout = app.config["REDIS_SOCKET_TIMEOUT"]
-        self.client = redis.Redis.from_url(
+        app.extensions["redis"] = redis.Redis.from_url(
             app.config["REDIS_URL"],
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=30,
-            # one immediate retry covers a connection dropped by a Redis restart
-            retry=Retry(NoBackoff(), 1),
+            # no silent retry: a dropped connection is how a Redis restart shows itself
+            # (the revocation check then re-reads the server's run_id); callers fall back
+            retry=Retry(NoBackoff(), 0),
         )
-        app.extensions["redis"] = self.client
+
+    @property
+    def client(self) -> redis.Redis:
+        return current_app.extensions["redis"]
 
 
-redis_store = RedisHolder()
+redis_store = RedisStore()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +29,7 @@ class Page:
 
 
 def encode_cursor(values: Sequence[Any]) -> str:
-    plain = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    plain = [v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, uuid.UUID) else v for v in values]
     return base64.urlsafe_b64encode(json.dumps(plain, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
@@ -42,12 +43,14 @@ def decode_cursor(cursor: str, kinds: Sequence[type]) -> list:
         for value, kind in zip(raw, kinds, strict=True):
             if kind is datetime:
                 values.append(datetime.fromisoformat(value))
+            elif kind is uuid.UUID:
+                values.append(uuid.UUID(value))
             elif kind is int and isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
                 values.append(value)
             else:
                 raise ValueError("wrong type")
         return values
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, AttributeError, binascii.Error, UnicodeDecodeError):
         raise ValidationFailed(
             "The cursor is not valid.", errors={"cursor": ["Not a cursor this API issued."]}
         ) from None

@@ -110,10 +110,13 @@ def client(app):
     return app.test_client()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def redis_client(app):
-    redis_store.client.flushdb()
-    return redis_store.client
+    """Redis database 15, emptied before each test (rate-limit counters, the mirror)."""
+    with app.app_context():
+        client = redis_store.client
+    client.flushdb()
+    return client
 
 
 class QueryCounter:
@@ -145,14 +148,35 @@ def count_queries(app):
     return counting
 
 
+def open_session(user) -> dict:
+    """A session for `user` and its token pair, without the cost of a login request."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from app.auth.tokens import issue_tokens
+    from app.models import AuthSession
+
+    session = AuthSession(
+        id=uuid.uuid4(), user_id=user.id, expires_at=datetime.now(UTC) + app_config("JWT_REFRESH_TOKEN_EXPIRES")
+    )
+    db.session.add(session)
+    tokens = issue_tokens(user, session)
+    db.session.commit()
+    return tokens
+
+
+def app_config(key):
+    from flask import current_app
+
+    return current_app.config[key]
+
+
 @pytest.fixture
 def login():
-    """Bearer headers for a user, made without the cost of a login request."""
-    from app.auth.tokens import issue_tokens
+    """Bearer headers for a user (a fresh session each call)."""
 
     def headers_for(user, kind: str = "access") -> dict:
-        tokens = issue_tokens(user)
-        return {"Authorization": f"Bearer {tokens[f'{kind}_token']}"}
+        return {"Authorization": f"Bearer {open_session(user)[f'{kind}_token']}"}
 
     return headers_for
 

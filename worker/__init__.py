@@ -1,6 +1,8 @@
 """The Celery app, bound to the Flask app: every task runs inside an app context.
 
-`celery -A worker worker` and `celery -A worker beat` load this module.
+create_app() builds one Celery app per Flask app (web processes use it to queue tasks);
+`celery -A worker worker|beat` reads `worker.celery`, which creates the Flask app on
+first use.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from celery.schedules import crontab
 from celery.signals import worker_process_init
 from flask import Flask
 
+# longer than the longest job, or Redis redelivers a running task to a second worker
+VISIBILITY_TIMEOUT = 6 * 3600
+
 
 def make_celery(flask_app: Flask) -> Celery:
     class AppContextTask(Task):
@@ -18,15 +23,19 @@ def make_celery(flask_app: Flask) -> Celery:
                 return self.run(*args, **kwargs)
 
     cfg = flask_app.config
-    # longer than the longest job, or Redis redelivers a running task to a second worker
-    visibility_timeout = 6 * 3600
-    celery = Celery(flask_app.import_name, task_cls=AppContextTask)
+    redis_timeouts = {
+        "socket_timeout": max(cfg["REDIS_SOCKET_TIMEOUT"], 2.0),
+        "socket_connect_timeout": max(cfg["REDIS_SOCKET_TIMEOUT"], 2.0),
+    }
+    celery = Celery(flask_app.import_name, task_cls=AppContextTask, include=["worker.tasks"])
     celery.conf.update(
         broker_url=cfg["CELERY_BROKER_URL"],
         result_backend=cfg["CELERY_RESULT_BACKEND"],
-        broker_transport_options={"visibility_timeout": visibility_timeout},
-        result_backend_transport_options={"visibility_timeout": visibility_timeout},
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, **redis_timeouts},
+        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, **redis_timeouts},
         broker_connection_retry_on_startup=True,
+        # a web request that queues a task never waits long on a broker that is down
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -40,9 +49,13 @@ def make_celery(flask_app: Flask) -> Celery:
                 "task": "worker.tasks.recount_counters",
                 "schedule": crontab(hour=3, minute=30),
             },
+            "sync-revocation-mirror": {"task": "worker.tasks.sync_revocation_mirror", "schedule": 60.0},
+            "purge-expired-revocations": {
+                "task": "worker.tasks.purge_expired_revocations",
+                "schedule": crontab(minute=15),
+            },
         },
     )
-    celery.set_default()
     flask_app.extensions["celery"] = celery
 
     @worker_process_init.connect(weak=False)
@@ -56,12 +69,13 @@ def make_celery(flask_app: Flask) -> Celery:
     return celery
 
 
-def _default_app() -> Celery:
-    from app import create_app
+def __getattr__(name: str):
+    """`worker.celery`, built on first use (so importing this package builds nothing)."""
+    if name == "celery":
+        from app import create_app
 
-    return make_celery(create_app())
-
-
-celery = _default_app()
-
-from worker import tasks  # noqa: E402,F401  (registers the tasks)
+        global celery
+        celery = create_app().extensions["celery"]
+        celery.set_default()
+        return celery
+    raise AttributeError(name)

@@ -1,26 +1,51 @@
-"""Celery tasks: thin wrappers over the app's service functions."""
+"""Celery tasks: thin wrappers over the app's service functions. Each is idempotent."""
 
 from __future__ import annotations
 
 import logging
 
 from celery import shared_task
+from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
+from app.auth import revocation
 from app.users import service as users
 
 log = logging.getLogger(__name__)
 
+RETRY = {
+    "autoretry_for": (OperationalError, RedisError),
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "max_retries": 5,
+}
 
-@shared_task(
-    name="worker.tasks.recount_counters",
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_backoff_max=300,
-    max_retries=5,
-)
+
+@shared_task(name="worker.tasks.recount_counters", **RETRY)
 def recount_counters() -> dict[str, int]:
-    """Nightly repair of the stored post/follower/following counts (idempotent)."""
+    """Nightly repair of the stored post/follower/following counts."""
     corrected = users.recount_counters()
     log.info("recount corrected %s", corrected)
     return corrected
+
+
+@shared_task(name="worker.tasks.rebuild_revocation_mirror", **RETRY)
+def rebuild_revocation_mirror() -> int:
+    """Copy every live revocation to Redis and mark the mirror complete."""
+    count = revocation.rebuild_mirror()
+    log.info("revocation mirror rebuilt: %d entries", count)
+    return count
+
+
+@shared_task(name="worker.tasks.sync_revocation_mirror", **RETRY)
+def sync_revocation_mirror() -> int:
+    """Every minute: re-mirror recent revocations (a full rebuild if the mirror is not ready)."""
+    return revocation.sync_recent()
+
+
+@shared_task(name="worker.tasks.purge_expired_revocations", **RETRY)
+def purge_expired_revocations() -> dict[str, int]:
+    """Hourly: drop revocations and sessions whose tokens have expired anyway."""
+    purged = revocation.purge_expired()
+    log.info("purged %s", purged)
+    return purged

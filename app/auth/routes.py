@@ -1,17 +1,16 @@
-"""/api/v1/auth: register, log in, refresh."""
+"""/api/v1/auth: accounts, tokens and sessions."""
 
 from __future__ import annotations
 
-from flask import url_for
-from flask_jwt_extended import current_user
+from flask import request, url_for
+from flask_jwt_extended import current_user, get_jwt
 
-from app.api import ApiBlueprint
+from app.api import ApiBlueprint, PageArgsSchema, page_of
 from app.auth import service
-from app.auth.schemas import LoginSchema, RegisterSchema, TokenPairSchema
-from app.auth.tokens import issue_tokens
+from app.auth.schemas import LoginSchema, PasswordChangeSchema, RegisterSchema, SessionSchema, TokenPairSchema
 from app.users.schemas import PublicUserSchema
 
-blp = ApiBlueprint("auth", __name__, url_prefix="/auth", description="Accounts and tokens")
+blp = ApiBlueprint("auth", __name__, url_prefix="/auth", description="Accounts, tokens and sessions")
 
 
 @blp.route("/register", methods=["POST"])
@@ -29,13 +28,62 @@ def register(body):
 @blp.response(200, TokenPairSchema)
 @blp.alt_response(401, response="UNAUTHORIZED")
 def login(body):
-    """Trade a username or email and password for a token pair."""
-    return issue_tokens(service.authenticate(body["login"], body["password"]))
+    """Trade a username or email and password for a token pair; opens a session."""
+    return service.login(
+        body["login"],
+        body["password"],
+        user_agent=request.user_agent.string or "",
+        ip=request.remote_addr or "",
+    )
 
 
 @blp.route("/refresh", methods=["POST"])
 @blp.login_required(refresh=True)
 @blp.response(200, TokenPairSchema)
 def refresh():
-    """Trade a refresh token (as the bearer token) for a new pair."""
-    return issue_tokens(current_user)
+    """Trade the refresh token (as the bearer token) for a new pair. Each refresh token
+    works once: presenting a used one ends the whole session."""
+    return service.refresh(current_user, get_jwt())
+
+
+@blp.route("/logout", methods=["POST"])
+@blp.login_required()
+@blp.response(204)
+def logout():
+    """End this session: its access and refresh tokens stop working at once."""
+    service.logout(get_jwt())
+
+
+@blp.route("/logout-all", methods=["POST"])
+@blp.login_required()
+@blp.response(204)
+def logout_all():
+    """End every session of mine, on every device."""
+    service.logout_all(current_user.id, get_jwt())
+
+
+@blp.route("/sessions")
+@blp.login_required()
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, page_of(SessionSchema))
+def list_sessions(args):
+    """My sessions still in force, newest first."""
+    return service.list_sessions(current_user.id, get_jwt(), limit=args["limit"], cursor=args.get("cursor"))
+
+
+@blp.route("/sessions/<uuid:session_id>", methods=["DELETE"])
+@blp.login_required()
+@blp.response(204)
+@blp.alt_response(404, response="NOT_FOUND")
+def end_session(session_id):
+    """End one of my sessions."""
+    service.end_session(current_user.id, session_id)
+
+
+@blp.route("/password", methods=["POST"])
+@blp.login_required()
+@blp.arguments(PasswordChangeSchema)
+@blp.response(204)
+def change_password(body):
+    """Change my password; every other session of mine ends."""
+    service.change_password(current_user, body["current_password"], body["new_password"], get_jwt())

@@ -1,6 +1,9 @@
-"""Request and response bodies of /auth."""
+"""Request and response bodies of /auth, and the password policy."""
 
 from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
 
 import marshmallow as ma
 from marshmallow import validate
@@ -11,7 +14,21 @@ USERNAME = validate.And(
     validate.Length(min=3, max=30),
     validate.Regexp(r"^[A-Za-z0-9_]+$", error="Use letters, digits and underscores only."),
 )
-PASSWORD = validate.Length(min=10, max=128)
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    """The 10,000 most common passwords (from Django's list, BSD licence), lower-cased."""
+    text = files("app.auth").joinpath("common_passwords.txt").read_text(encoding="utf-8")
+    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+
+
+def _not_common(value: str) -> None:
+    if value.lower() in common_passwords():
+        raise ma.ValidationError("This password is too common; choose another.")
+
+
+PASSWORD = validate.And(validate.Length(min=10, max=128), _not_common)
 
 
 class RegisterSchema(StrictSchema):
@@ -25,6 +42,21 @@ class LoginSchema(StrictSchema):
         required=True, validate=validate.Length(min=1, max=254), metadata={"description": "username or email"}
     )
     password = ma.fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=128))
+
+
+class PasswordChangeSchema(StrictSchema):
+    current_password = ma.fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=128))
+    new_password = ma.fields.String(required=True, load_only=True, validate=PASSWORD)
+
+
+class SessionSchema(ma.Schema):
+    id = ma.fields.UUID(required=True)
+    created_at = ma.fields.DateTime(required=True)
+    last_used_at = ma.fields.DateTime(required=True)
+    expires_at = ma.fields.DateTime(required=True)
+    user_agent = ma.fields.String(required=True)
+    ip = ma.fields.String(required=True)
+    current = ma.fields.Boolean(required=True, metadata={"description": "the session of the token used"})
 
 
 class TokenPairSchema(ma.Schema):

@@ -1,6 +1,9 @@
-"""Registration, password checks and login."""
+"""Accounts and sessions: registration, login, refresh rotation, logout, passwords."""
 
 from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -8,9 +11,13 @@ from flask import current_app
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from app.errors import Conflict, Unauthorized
+from app.api import WithExtras
+from app.auth import revocation
+from app.auth.tokens import expiry_of, issue_tokens
+from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from app.extensions import db
-from app.models import User
+from app.models import AuthSession, User
+from app.pagination import Page, keyset_page
 
 # unique index -> the field a client must change
 _UNIQUE_FIELDS = {"uq_users_username_lower": "username", "uq_users_email_lower": "email"}
@@ -54,6 +61,18 @@ def register(username: str, email: str, password: str) -> User:
     return user
 
 
+def verify_password(user: User, password: str) -> bool:
+    """Check a password; upgrade a hash made with older parameters (caller commits)."""
+    ph = hasher()
+    try:
+        ph.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+    if ph.check_needs_rehash(user.password_hash):
+        user.password_hash = ph.hash(password)
+    return True
+
+
 def authenticate(login: str, password: str) -> User:
     """The active user with this username or email and password, else 401.
 
@@ -64,17 +83,121 @@ def authenticate(login: str, password: str) -> User:
     user = db.session.scalars(
         select(User).where(or_(func.lower(User.username) == needle, func.lower(User.email) == needle))
     ).first()
-    ph = hasher()
     if user is None:
-        ph.hash(password)
+        hasher().hash(password)
         raise Unauthorized("Wrong login or password.")
-    try:
-        ph.verify(user.password_hash, password)
-    except (VerificationError, InvalidHashError):
-        raise Unauthorized("Wrong login or password.") from None
+    if not verify_password(user, password):
+        raise Unauthorized("Wrong login or password.")
     if not user.is_active:
         raise Unauthorized("This account is deactivated.")
-    if ph.check_needs_rehash(user.password_hash):
-        user.password_hash = ph.hash(password)
-        db.session.commit()
     return user
+
+
+# -- sessions -------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def login(login_name: str, password: str, *, user_agent: str, ip: str) -> dict:
+    """Check the credentials and open a session; returns its first token pair."""
+    user = authenticate(login_name, password)
+    session = AuthSession(
+        id=uuid.uuid4(),
+        user_id=user.id,
+        user_agent=user_agent[:256],
+        ip=ip[:64],
+        expires_at=_now() + current_app.config["JWT_REFRESH_TOKEN_EXPIRES"],
+    )
+    db.session.add(session)
+    tokens = issue_tokens(user, session)
+    db.session.commit()
+    return tokens
+
+
+def refresh(user: User, payload: dict) -> dict:
+    """Rotate the session's refresh token. A token that was already rotated away is
+    being replayed: the whole session ends (reuse detection)."""
+    session = _session_of(payload, lock=True)
+    if session is None or session.revoked_at is not None or session.expires_at <= _now():
+        raise Unauthorized("This session has ended; log in again.")
+    if session.refresh_jti != payload["jti"]:
+        end_sessions([session], reason="refresh-token-reuse")
+        raise Unauthorized("This refresh token was already used; the session has been ended. Log in again.")
+    tokens = issue_tokens(user, session)
+    session.last_used_at = func.now()
+    session.expires_at = _now() + current_app.config["JWT_REFRESH_TOKEN_EXPIRES"]
+    db.session.commit()
+    return tokens
+
+
+def _session_of(payload: dict, *, lock: bool = False) -> AuthSession | None:
+    try:
+        sid = uuid.UUID(str(payload.get("sid")))
+    except ValueError:
+        return None
+    return db.session.get(AuthSession, sid, with_for_update=lock)
+
+
+def end_sessions(sessions: list[AuthSession], *, reason: str, tokens: list[tuple[str, datetime]] = ()) -> None:
+    """Revoke sessions (every token they issued) and single tokens; commit and mirror."""
+    for session in sessions:
+        if session.revoked_at is None:
+            session.revoked_at = _now()
+            session.revoked_reason = reason
+    revocation.revoke_tokens(tokens)
+    db.session.commit()
+    revocation.mirror(tokens=tokens, sessions=[(s.id, s.expires_at) for s in sessions])
+
+
+def _active_sessions(user_id: int, *, except_sid: str | None = None) -> list[AuthSession]:
+    stmt = select(AuthSession).where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+    if except_sid:
+        stmt = stmt.where(AuthSession.id != uuid.UUID(except_sid))
+    return list(db.session.scalars(stmt.with_for_update()))
+
+
+def logout(payload: dict) -> None:
+    """End the caller's session: this access token and the session's refresh token die."""
+    session = _session_of(payload)
+    end_sessions([session] if session else [], reason="logout", tokens=[(payload["jti"], expiry_of(payload))])
+
+
+def logout_all(user_id: int, payload: dict) -> None:
+    end_sessions(_active_sessions(user_id), reason="logout-all", tokens=[(payload["jti"], expiry_of(payload))])
+
+
+def revoke_all_sessions(user_id: int, *, reason: str) -> int:
+    """End every session of a user (admin action, deactivation); returns how many."""
+    sessions = _active_sessions(user_id)
+    end_sessions(sessions, reason=reason)
+    return len(sessions)
+
+
+def list_sessions(user_id: int, payload: dict, *, limit: int, cursor: str | None) -> Page:
+    """My sessions still in force, newest first; `current` marks the caller's."""
+    stmt = select(AuthSession).where(
+        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None), AuthSession.expires_at > _now()
+    )
+    page = keyset_page(
+        stmt, [AuthSession.created_at, AuthSession.id], [datetime, uuid.UUID], limit=limit, cursor=cursor
+    )
+    current = payload.get("sid")
+    return Page([WithExtras(s, current=str(s.id) == current) for s in page.items], page.next_cursor)
+
+
+def end_session(user_id: int, session_id: uuid.UUID) -> None:
+    """End one of my sessions; someone else's is as unknown as one that never was."""
+    session = db.session.get(AuthSession, session_id)
+    if session is None or session.user_id != user_id:
+        raise NotFound(f"No session {session_id}.")
+    end_sessions([session], reason="ended-by-user")
+
+
+def change_password(user: User, current_password: str, new_password: str, payload: dict) -> None:
+    """Set a new password and end every other session of the user."""
+    if not verify_password(user, current_password):
+        raise ValidationFailed("The current password is wrong.", errors={"current_password": ["Wrong password."]})
+    user.password_hash = hash_password(new_password)
+    end_sessions(_active_sessions(user.id, except_sid=payload.get("sid")), reason="password-changed")

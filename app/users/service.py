@@ -8,7 +8,7 @@ from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from werkzeug.datastructures import ETags
 
-from app.api import check_if_match
+from app.api import WithExtras, check_if_match
 from app.errors import NotFound, ValidationFailed
 from app.extensions import db
 from app.models import Follow, Post, User
@@ -38,19 +38,8 @@ def list_users(*, limit: int, cursor: str | None, q: str | None = None, include_
     page = keyset_page(stmt, [User.id], [int], limit=limit, cursor=cursor, descending=False)
     if include_posts:
         newest = recent_posts([user.id for user in page.items])
-        page = Page([UserWithPosts(user, newest[user.id]) for user in page.items], page.next_cursor)
+        page = Page([WithExtras(user, recent_posts=newest[user.id]) for user in page.items], page.next_cursor)
     return page
-
-
-class UserWithPosts:
-    """A user seen with its newest posts: a read model, so the entity stays untouched."""
-
-    def __init__(self, user: User, recent_posts: list[Post]):
-        self.user = user
-        self.recent_posts = recent_posts
-
-    def __getattr__(self, name: str):
-        return getattr(self.user, name)
 
 
 def recent_posts(user_ids: list[int], per_user: int = RECENT_POSTS) -> dict[int, list[Post]]:
