@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
+from pathlib import Path
 
 from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import config as config_module
 from app.api import register_id_converter
+from app.errors import UnsupportedMediaType
 from app.extensions import ProblemApi, db, jwt, migrate, redis_store
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 def create_app(config: dict | None = None) -> Flask:
-    app = Flask(__name__)
+    app = Flask(__name__, instance_path=os.environ.get("INSTANCE_DIR") or str(_ROOT / "instance"))
     app.config.update(config_module.load(config))
     app.json.sort_keys = False
-    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
+    logging.basicConfig(level=app.config["LOG_LEVEL"])
+    if app.config["TRUSTED_PROXY_COUNT"]:
+        hops = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()))
@@ -31,6 +39,7 @@ def create_app(config: dict | None = None) -> Flask:
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
 
     from app import models  # noqa: F401  (registers the tables)
+    from app.admin.routes import blp as admin_blp
     from app.auth.routes import blp as auth_blp
     from app.auth.tokens import register_token_callbacks
     from app.errors import register_error_handlers
@@ -40,10 +49,24 @@ def create_app(config: dict | None = None) -> Flask:
 
     register_token_callbacks(jwt)
     register_error_handlers(app)
-    for blueprint in (auth_blp, users_blp, posts_blp):
+    for blueprint in (auth_blp, users_blp, posts_blp, admin_blp):
         api.register_blueprint(blueprint, url_prefix=f"/api/v1{blueprint.url_prefix or ''}")
     api.register_blueprint(health_blp)
-    _register_request_id(app)
+    _register_request_hooks(app)
+
+    from app.limits import init_limits
+
+    init_limits(app)
+    if app.config["CORS_ORIGINS"]:
+        from flask_cors import CORS
+
+        CORS(
+            app,
+            resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
+            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
+            expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID"],
+            max_age=600,
+        )
 
     from app.cli import register_cli
 
@@ -55,21 +78,39 @@ def create_app(config: dict | None = None) -> Flask:
     return app
 
 
-def _migrations_dir():
-    from pathlib import Path
+def _migrations_dir() -> Path:
+    """Beside the package in a checkout; MIGRATIONS_DIR or ./migrations when installed."""
+    if os.environ.get("MIGRATIONS_DIR"):
+        return Path(os.environ["MIGRATIONS_DIR"])
+    beside = _ROOT / "migrations"
+    return beside if beside.is_dir() else Path.cwd() / "migrations"
 
-    return Path(__file__).resolve().parent.parent / "migrations"
+
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
-def _register_request_id(app: Flask) -> None:
-    """Every response carries X-Request-ID: the client's when it is sane, else a new one."""
-
+def _register_request_hooks(app: Flask) -> None:
     @app.before_request
     def _take_request_id():
+        """Every response carries X-Request-ID: the client's when it is sane, else a new one."""
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
+    @app.before_request
+    def _json_bodies_only():
+        """A body that is not JSON is refused as such, not misread as a missing field."""
+        if request.method in _BODY_METHODS and request.content_length and not request.is_json:
+            raise UnsupportedMediaType("Send the body as application/json.")
+
     @app.after_request
-    def _echo_request_id(response):
+    def _standard_headers(response):
         response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.headers.get("Authorization") or request.path.startswith("/api/v1/auth/"):
+            # tokens and private data must not sit in any cache
+            response.headers["Cache-Control"] = "no-store"
+        if response.status_code == 204:
+            response.headers.pop("Content-Type", None)
         return response

@@ -74,6 +74,15 @@ class StrictSchema(ma.Schema):
         return data
 
 
+class StrictBoolean(ma.fields.Boolean):
+    """JSON true or false only: not "yes", not 1."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class ProblemSchema(ma.Schema):
     """RFC 9457 problem details."""
 

@@ -11,6 +11,7 @@ from flask import Flask
 from flask.cli import AppGroup
 from sqlalchemy import func, insert, select
 
+from app.admin import service as admin
 from app.auth import service as auth
 from app.errors import APIError
 from app.extensions import db
@@ -38,6 +39,50 @@ def create_admin(username: str, email: str, password: str) -> None:
     user.role = Role.ADMIN.value
     db.session.commit()
     click.echo(f"admin {user.username} created (id {user.id})")
+
+
+@users_cli.command("set-role")
+@click.argument("username")
+@click.argument("role", type=click.Choice([r.value for r in Role]))
+def set_role(username: str, role: str) -> None:
+    """Make USERNAME a `user` or an `admin`."""
+    user = _cli_call(admin.find_user, username)
+    admin.set_account(user.id, role=role)
+    click.echo(f"{user.username} is now {role}")
+
+
+@users_cli.command("deactivate")
+@click.argument("username")
+def deactivate(username: str) -> None:
+    """Stop USERNAME from logging in; their sessions end at once."""
+    user = _cli_call(admin.find_user, username)
+    admin.set_account(user.id, is_active=False)
+    click.echo(f"{user.username} deactivated; sessions ended")
+
+
+@users_cli.command("activate")
+@click.argument("username")
+def activate(username: str) -> None:
+    """Let a deactivated USERNAME log in again."""
+    user = _cli_call(admin.find_user, username)
+    admin.set_account(user.id, is_active=True)
+    click.echo(f"{user.username} activated")
+
+
+@users_cli.command("revoke-sessions")
+@click.argument("username")
+def revoke_sessions(username: str) -> None:
+    """End every session of USERNAME (every token they hold stops working)."""
+    user = _cli_call(admin.find_user, username)
+    ended = auth.revoke_all_sessions(user.id, reason="revoked-by-admin")
+    click.echo(f"{ended} session(s) of {user.username} ended")
+
+
+def _cli_call(func, *args):
+    try:
+        return func(*args)
+    except APIError as exc:
+        raise click.ClickException(exc.detail) from None
 
 
 WORDS = """

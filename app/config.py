@@ -47,7 +47,8 @@ def load(overrides: dict | None = None) -> dict:
     env = (overrides or {}).get("APP_ENV") or os.environ.get("APP_ENV", "development")
     if env not in {"development", "test", "production"}:
         raise ConfigError(f"APP_ENV must be development, test or production, got {env!r}")
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    # settings derived from REDIS_URL follow an overridden one too
+    redis_url = (overrides or {}).get("REDIS_URL") or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     pool_timeout = _int("DB_POOL_TIMEOUT", 5)
     cfg = {
         "APP_ENV": env,
@@ -73,6 +74,22 @@ def load(overrides: dict | None = None) -> dict:
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "REDIS_URL": redis_url,
         "REDIS_SOCKET_TIMEOUT": _float("REDIS_SOCKET_TIMEOUT", 0.5),
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO").upper(),
+        # number of proxies in front of the app whose X-Forwarded-For / -Proto to trust
+        "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", 0),
+        "CORS_ORIGINS": [o.strip() for o in os.environ.get("CORS_ORIGINS", "").split(",") if o.strip()],
+        # rate limits (Flask-Limiter on Redis; in memory per process while Redis is down)
+        "RATELIMIT_ENABLED": os.environ.get("RATELIMIT_ENABLED", "true").lower() not in {"0", "false", "no"},
+        "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI", redis_url),
+        "RATELIMIT_STORAGE_OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_KEY_PREFIX": "ratelimit",
+        "RATELIMIT_LOGIN_PER_IP": os.environ.get("RATELIMIT_LOGIN_PER_IP", "30 per minute"),
+        "RATELIMIT_LOGIN_PER_NAME": os.environ.get("RATELIMIT_LOGIN_PER_NAME", "5 per minute"),
+        "RATELIMIT_REGISTER_PER_IP": os.environ.get("RATELIMIT_REGISTER_PER_IP", "10 per hour"),
+        "RATELIMIT_REFRESH_PER_SESSION": os.environ.get("RATELIMIT_REFRESH_PER_SESSION", "10 per minute"),
+        "RATELIMIT_PASSWORD_PER_USER": os.environ.get("RATELIMIT_PASSWORD_PER_USER", "5 per minute"),
         "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", redis_url),
         "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND", redis_url),
         # JWT: algorithm pinned, header only, short access tokens

@@ -57,6 +57,10 @@ class PreconditionFailed(APIError):
     status = 412
 
 
+class UnsupportedMediaType(APIError):
+    status = 415
+
+
 class ValidationFailed(APIError):
     status = 422
 

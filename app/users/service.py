@@ -25,7 +25,7 @@ def get_public(user_id: int) -> User:
     return user
 
 
-def _escape_like(value: str) -> str:
+def escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
@@ -33,7 +33,7 @@ def list_users(*, limit: int, cursor: str | None, q: str | None = None, include_
     """Active users by id; `q` matches a prefix of username or display name."""
     stmt = select(User).where(User.is_active)
     if q:
-        prefix = _escape_like(q.lower()) + "%"
+        prefix = escape_like(q.lower()) + "%"
         stmt = stmt.where(or_(func.lower(User.username).like(prefix), func.lower(User.display_name).like(prefix)))
     page = keyset_page(stmt, [User.id], [int], limit=limit, cursor=cursor, descending=False)
     if include_posts:

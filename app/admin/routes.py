@@ -1,0 +1,32 @@
+"""/api/v1/admin: account administration (admins only)."""
+
+from __future__ import annotations
+
+from flask_jwt_extended import current_user
+
+from app.admin import service
+from app.admin.schemas import AdminUserListArgsSchema, AdminUserSchema, AdminUserUpdateSchema
+from app.api import ApiBlueprint, page_of
+
+blp = ApiBlueprint("admin", __name__, url_prefix="/admin", description="Account administration (admins only)")
+
+
+@blp.route("/users")
+@blp.login_required()
+@blp.arguments(AdminUserListArgsSchema, location="query")
+@blp.response(200, page_of(AdminUserSchema))
+@blp.alt_response(403, response="FORBIDDEN")
+def list_users(args):
+    """Every user, with email, role and status."""
+    return service.list_users(current_user, limit=args["limit"], cursor=args.get("cursor"), q=args.get("q"))
+
+
+@blp.route("/users/<id:user_id>", methods=["PATCH"])
+@blp.login_required()
+@blp.arguments(AdminUserUpdateSchema)
+@blp.response(200, AdminUserSchema)
+@blp.alt_response(403, response="FORBIDDEN")
+@blp.alt_response(404, response="NOT_FOUND")
+def update_user(changes, user_id):
+    """Change a user's role or deactivate them (their sessions end at once)."""
+    return service.update_user(current_user, user_id, changes)

@@ -1,0 +1,62 @@
+"""Account administration: used by the admin API (which checks the actor) and the CLI."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, or_, select
+
+from app.auth.service import revoke_all_sessions
+from app.errors import Forbidden, NotFound, ValidationFailed
+from app.extensions import db
+from app.models import User
+from app.pagination import Page, keyset_page
+from app.users.service import escape_like
+
+
+def require_admin(actor: User) -> None:
+    if not actor.is_admin:
+        raise Forbidden("Administrators only.")
+
+
+def list_users(actor: User, *, limit: int, cursor: str | None, q: str | None = None) -> Page:
+    """Every user, active or not, with email and role."""
+    require_admin(actor)
+    stmt = select(User)
+    if q:
+        prefix = escape_like(q.lower()) + "%"
+        stmt = stmt.where(or_(func.lower(User.username).like(prefix), func.lower(User.email).like(prefix)))
+    return keyset_page(stmt, [User.id], [int], limit=limit, cursor=cursor, descending=False)
+
+
+def update_user(actor: User, user_id: int, changes: dict) -> User:
+    """An admin changes a user's role or active flag; not their own (no self-lockout)."""
+    require_admin(actor)
+    if user_id == actor.id:
+        raise ValidationFailed(
+            "Administrators cannot change their own role or status here.",
+            errors={"user_id": ["Cannot change your own account."]},
+        )
+    return set_account(user_id, **changes)
+
+
+def find_user(username: str) -> User:
+    user = db.session.scalars(select(User).where(func.lower(User.username) == username.lower())).first()
+    if user is None:
+        raise NotFound(f"No user named {username}.")
+    return user
+
+
+def set_account(user_id: int, *, role: str | None = None, is_active: bool | None = None) -> User:
+    """Apply role / active changes; deactivating ends every session of the user."""
+    user = db.session.get(User, user_id, with_for_update=True)
+    if user is None:
+        raise NotFound(f"No user with id {user_id}.")
+    if role is not None:
+        user.role = role
+    if is_active is not None:
+        user.is_active = is_active
+    user.version = User.version + 1
+    user.updated_at = func.now()
+    db.session.commit()
+    if is_active is False:
+        revoke_all_sessions(user_id, reason="deactivated")
+    return db.session.get(User, user_id)

@@ -1,0 +1,48 @@
+"""Rate limits on the endpoints an attacker would hammer, all set from the config.
+
+Flask-Limiter keeps the counters in Redis, shared by every web process; while Redis is
+down it counts in each process's memory instead (so limits loosen, but never vanish).
+The limits are attached here, in one place, rather than as decorators on the routes:
+the Limiter is per app, and so is its storage.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, request
+from flask_jwt_extended import decode_token
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+
+def _login_name() -> str:
+    body = request.get_json(silent=True)
+    name = body.get("login") if isinstance(body, dict) else None
+    return f"name:{name.strip().lower()}" if isinstance(name, str) else f"ip:{get_remote_address()}"
+
+
+def _token_claim(claim: str):
+    """Key by a claim of the bearer token (session, user); by IP when there is none."""
+
+    def key() -> str:
+        header = request.headers.get("Authorization", "")
+        try:
+            return f"{claim}:{decode_token(header.removeprefix('Bearer ').strip(), allow_expired=True)[claim]}"
+        except Exception:  # a bad token is refused later with 401; count it by address
+            return f"ip:{get_remote_address()}"
+
+    return key
+
+
+def init_limits(app: Flask) -> Limiter:
+    cfg = app.config
+    limiter = Limiter(get_remote_address, app=app)
+    rules = [
+        ("auth.login", cfg["RATELIMIT_LOGIN_PER_IP"], get_remote_address, "login-ip"),
+        ("auth.login", cfg["RATELIMIT_LOGIN_PER_NAME"], _login_name, "login-name"),
+        ("auth.register", cfg["RATELIMIT_REGISTER_PER_IP"], get_remote_address, "register-ip"),
+        ("auth.refresh", cfg["RATELIMIT_REFRESH_PER_SESSION"], _token_claim("sid"), "refresh-session"),
+        ("auth.change_password", cfg["RATELIMIT_PASSWORD_PER_USER"], _token_claim("sub"), "password-user"),
+    ]
+    for endpoint, limit, key, scope in rules:
+        app.view_functions[endpoint] = limiter.limit(limit, key_func=key, scope=scope)(app.view_functions[endpoint])
+    return limiter

@@ -1,0 +1,279 @@
+"""One or more tests per OWASP API Security Top 10 (2023) item that applies here.
+
+API7 (server-side request forgery) and API10 (unsafe consumption of APIs) do not apply:
+the service fetches no URL a client names and consumes no third-party API. The test
+for API9 keeps it that way: the OpenAPI document must list exactly the routes served.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app import create_app
+from app.extensions import db
+from app.models import Post, User
+from tests.conftest import open_session
+from tests.factories import PASSWORD, AdminFactory, PostFactory, UserFactory
+from tests.redis_server import RedisServer
+
+API = "/api/v1"
+
+
+def bearer(tokens: dict, kind: str = "access") -> dict:
+    return {"Authorization": f"Bearer {tokens[f'{kind}_token']}"}
+
+
+# -- API1:2023 Broken Object Level Authorization ----------------------------------------
+
+
+def test_api1_bola_a_user_cannot_edit_or_delete_another_users_post(client, login):
+    post = PostFactory(title="original", body="original body")
+    intruder = login(UserFactory())
+    assert client.patch(f"{API}/posts/{post.id}", json={"title": "pwned"}, headers=intruder).status_code == 403
+    assert client.delete(f"{API}/posts/{post.id}", headers=intruder).status_code == 403
+    db.session.expire_all()
+    stored = db.session.get(Post, post.id)
+    assert (stored.title, stored.body, stored.version) == ("original", "original body", 1)
+
+
+def test_api1_bola_a_user_cannot_end_or_see_another_users_sessions(client):
+    victim, attacker = UserFactory(), UserFactory()
+    victim_tokens = open_session(victim)
+    attacker_tokens = open_session(attacker)
+    from flask_jwt_extended import decode_token
+
+    victim_sid = decode_token(victim_tokens["access_token"])["sid"]
+    assert client.delete(f"{API}/auth/sessions/{victim_sid}", headers=bearer(attacker_tokens)).status_code == 404
+    listed = client.get(f"{API}/auth/sessions", headers=bearer(attacker_tokens)).get_json()["items"]
+    assert victim_sid not in {s["id"] for s in listed}
+    assert client.get(f"{API}/users/me", headers=bearer(victim_tokens)).status_code == 200
+
+
+def test_api1_bola_me_is_always_the_tokens_owner(client):
+    alice, bob = UserFactory(), UserFactory()
+    me = client.get(f"{API}/users/me", headers=bearer(open_session(bob))).get_json()
+    assert me["id"] == bob.id != alice.id
+
+
+# -- API2:2023 Broken Authentication ----------------------------------------------------
+
+
+def test_api2_broken_authentication_login_is_rate_limited_per_login_name(client):
+    UserFactory(username="target")
+    wrong = {"login": "target", "password": "not the password"}
+    statuses = [client.post(f"{API}/auth/login", json=wrong).status_code for _ in range(5)]
+    assert statuses == [401] * 5
+    blocked = client.post(f"{API}/auth/login", json={"login": "TARGET", "password": PASSWORD})
+    assert blocked.status_code == 429
+    assert blocked.mimetype == "application/problem+json"
+    assert int(blocked.headers["Retry-After"]) > 0
+
+
+def test_api2_broken_authentication_login_is_rate_limited_per_address(client, app, monkeypatch):
+    monkeypatch.setitem(app.config, "RATELIMIT_LOGIN_PER_IP", "30 per minute")
+    statuses = [
+        client.post(f"{API}/auth/login", json={"login": f"nobody{i}", "password": "x"}).status_code for i in range(31)
+    ]
+    assert statuses[:30] == [401] * 30
+    assert statuses[30] == 429
+
+
+def test_api2_broken_authentication_refresh_is_rate_limited_per_session(client):
+    tokens = open_session(UserFactory())
+    for _ in range(10):
+        response = client.post(f"{API}/auth/refresh", headers=bearer(tokens, "refresh"))
+        assert response.status_code == 200
+        tokens = response.get_json()
+    assert client.post(f"{API}/auth/refresh", headers=bearer(tokens, "refresh")).status_code == 429
+    # another session is not affected
+    assert client.post(f"{API}/auth/refresh", headers=bearer(open_session(UserFactory()), "refresh")).status_code == 200
+
+
+def test_api2_broken_authentication_password_change_is_rate_limited(client):
+    tokens = open_session(UserFactory())
+    body = {"current_password": "guess number x", "new_password": "a brand new passphrase"}
+    assert [client.post(f"{API}/auth/password", json=body, headers=bearer(tokens)).status_code for _ in range(5)] == [
+        422
+    ] * 5
+    assert client.post(f"{API}/auth/password", json=body, headers=bearer(tokens)).status_code == 429
+
+
+def test_api2_broken_authentication_limits_fall_back_to_memory_when_redis_is_down(app, test_db_url):
+    server = RedisServer().start()
+    try:
+        limited = create_app(
+            {
+                "APP_ENV": "test",
+                "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(False),
+                "REDIS_URL": server.url,
+                "RATELIMIT_LOGIN_PER_NAME": "3 per minute",
+            }
+        )
+        client = limited.test_client()
+        server.stop()
+        statuses = [
+            client.post(f"{API}/auth/login", json={"login": "ghost", "password": "x"}).status_code for _ in range(4)
+        ]
+        assert statuses == [401, 401, 401, 429]
+    finally:
+        server.cleanup()
+
+
+# -- API3:2023 Broken Object Property Level Authorization -------------------------------
+
+
+def test_api3_bopla_mass_assignment_of_role_is_refused_and_nothing_changes(client, login):
+    user = UserFactory()
+    response = client.patch(f"{API}/users/me", json={"display_name": "X", "role": "admin"}, headers=login(user))
+    assert response.status_code == 422
+    assert "role" in response.get_json()["errors"]
+    db.session.expire_all()
+    stored = db.session.get(User, user.id)
+    assert (stored.role, stored.display_name) == ("user", user.display_name)
+
+
+def test_api3_bopla_no_private_property_leaks_from_public_views(client):
+    post = PostFactory()
+    author_id = post.author_id
+    bodies = [
+        client.get(f"{API}/users/{author_id}").get_json(),
+        client.get(f"{API}/users?include=posts").get_json(),
+        client.get(f"{API}/posts/{post.id}").get_json(),
+        client.get(f"{API}/posts").get_json(),
+        client.get(f"{API}/users/{author_id}/followers").get_json(),
+    ]
+    text = str(bodies)
+    for secret in ("email", "password", "role", "is_active", "$argon2"):
+        assert secret not in text
+
+
+def test_api3_bopla_registration_cannot_set_role_or_counters(client):
+    body = {"username": "sneaky", "email": "s@example.com", "password": PASSWORD, "role": "admin", "post_count": 9}
+    response = client.post(f"{API}/auth/register", json=body)
+    assert response.status_code == 422
+    assert {"role", "post_count"} <= set(response.get_json()["errors"])
+    assert db.session.query(User).count() == 0
+
+
+# -- API4:2023 Unrestricted Resource Consumption ----------------------------------------
+
+
+def test_api4_resource_consumption_body_size_page_size_and_string_lengths_are_bounded(client, app, login):
+    headers = login(UserFactory())
+    big = "x" * (app.config["MAX_CONTENT_LENGTH"] + 1)
+    assert client.post(f"{API}/posts", data=big, content_type="application/json", headers=headers).status_code == 413
+    assert client.get(f"{API}/posts?limit=1000").status_code == 422
+    assert client.get(f"{API}/users?q=" + "a" * 500).status_code == 422
+    response = client.post(f"{API}/posts", json={"title": "t" * 201, "body": "b"}, headers=headers)
+    assert response.status_code == 422
+    assert db.session.query(Post).count() == 0
+
+
+# -- API5:2023 Broken Function Level Authorization --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("get", "/admin/users", None),
+        ("patch", "/admin/users/{id}", {"role": "admin"}),
+        ("patch", "/admin/users/{id}", {"is_active": False}),
+    ],
+)
+def test_api5_bfla_admin_endpoints_refuse_users(client, login, method, path, body):
+    user = UserFactory()
+    response = getattr(client, method)(f"{API}{path.format(id=user.id)}", json=body, headers=login(user))
+    assert response.status_code == 403
+    assert client.get(f"{API}/admin/users").status_code == 401
+    db.session.expire_all()
+    assert db.session.get(User, user.id).role == "user"
+    assert db.session.get(User, user.id).is_active is True
+
+
+def test_api5_bfla_a_demoted_admin_loses_admin_rights_at_once(client, login):
+    boss = AdminFactory()
+    ex_admin = AdminFactory()
+    headers = login(ex_admin)
+    assert client.get(f"{API}/admin/users", headers=headers).status_code == 200
+    client.patch(f"{API}/admin/users/{ex_admin.id}", json={"role": "user"}, headers=login(boss))
+    assert client.get(f"{API}/admin/users", headers=headers).status_code == 403
+
+
+# -- API6:2023 Unrestricted Access to Sensitive Business Flows ---------------------------
+
+
+def test_api6_sensitive_flows_account_creation_is_rate_limited_per_address(client):
+    statuses = [
+        client.post(
+            f"{API}/auth/register",
+            json={"username": f"bot{i}", "email": f"bot{i}@example.com", "password": PASSWORD},
+        ).status_code
+        for i in range(11)
+    ]
+    assert statuses == [201] * 10 + [429]
+    assert db.session.query(User).count() == 10
+
+
+# -- API8:2023 Security Misconfiguration ------------------------------------------------
+
+
+def test_api8_misconfiguration_no_cors_by_default_and_safe_headers(client):
+    response = client.get(f"{API}/posts", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    login = client.post(f"{API}/auth/login", json={"login": "x", "password": "y"})
+    assert login.headers["Cache-Control"] == "no-store"
+
+
+def test_api8_misconfiguration_cors_allows_only_configured_origins(app, test_db_url):
+    allowed = create_app(
+        {
+            "APP_ENV": "test",
+            "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(False),
+            "REDIS_URL": app.config["REDIS_URL"],
+            "CORS_ORIGINS": ["https://app.example"],
+        }
+    ).test_client()
+    good = allowed.options(
+        f"{API}/posts", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert good.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    bad = allowed.get(f"{API}/healthz", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in bad.headers
+
+
+def test_api8_misconfiguration_errors_never_show_internals(client):
+    for response in (client.get(f"{API}/nope"), client.post(f"{API}/posts", data="{", content_type="application/json")):
+        assert response.mimetype == "application/problem+json"
+        assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_api8_misconfiguration_non_json_bodies_are_415(client, login):
+    response = client.post(
+        f"{API}/posts",
+        data="title=x&body=y",
+        content_type="application/x-www-form-urlencoded",
+        headers=login(UserFactory()),
+    )
+    assert response.status_code == 415
+    assert db.session.query(Post).count() == 0
+
+
+# -- API9:2023 Improper Inventory Management --------------------------------------------
+
+
+def test_api9_inventory_every_served_route_is_documented_and_nothing_else(app, client):
+    spec = client.get("/openapi.json").get_json()
+    documented = {
+        (path, method.upper()) for path, ops in spec["paths"].items() for method in ops if method != "parameters"
+    }
+    served = {
+        (re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule), method)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static" and not rule.endpoint.startswith("api-docs")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert served == documented
