@@ -19,10 +19,12 @@ BIGINT_MAX = 2**63 - 1
 
 
 class IdConverter(IntegerConverter):
-    """`<id:name>`: a positive integer that fits PostgreSQL's bigint; anything else is 404."""
+    """`<id:name>`: a row id. Digits beyond PostgreSQL's bigint name no row, so they
+    become 0 (which no row has) and get the view's own 404, not werkzeug's 405."""
 
-    def __init__(self, url_map):
-        super().__init__(url_map, min=1, max=BIGINT_MAX)
+    def to_python(self, value: str) -> int:
+        number = int(value)
+        return number if number <= BIGINT_MAX else 0
 
 
 def register_id_converter(app, api) -> None:
@@ -41,7 +43,40 @@ class StrictParser(FlaskParser):
 
 
 class ApiBlueprint(Blueprint):
+    """flask-smorest's Blueprint, documenting the errors every operation may answer."""
+
     ARGUMENTS_PARSER = StrictParser()
+
+    def __init__(self, *args, uses_database: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.uses_database = uses_database
+
+    def route(self, rule, *, parameters=None, **options):
+        register = super().route(rule, parameters=parameters, **options)
+        if not self.uses_database:
+            return register
+
+        def decorator(func):
+            # any view that touches PostgreSQL may find it down or its pool exhausted
+            return register(self.alt_response(503, response="SERVICE_UNAVAILABLE")(func))
+
+        return decorator
+
+    def arguments(self, schema, *, location="json", **kwargs):
+        parse = super().arguments(schema, location=location, **kwargs)
+        if location != "json":
+            return parse
+
+        def decorator(func):
+            for status, name in (
+                (400, "BAD_REQUEST"),
+                (413, "REQUEST_ENTITY_TOO_LARGE"),
+                (415, "UNSUPPORTED_MEDIA_TYPE"),
+            ):
+                func = self.alt_response(status, response=name)(func)
+            return parse(func)
+
+        return decorator
 
     def login_required(self, *, refresh: bool = False):
         """jwt_required(), documented: bearer security and the 401 it may answer."""

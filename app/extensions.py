@@ -33,7 +33,12 @@ jwt = JWTManager()
 
 
 class ProblemApi(Api):
-    """flask-smorest's Api, with every HTTP error answered and documented as problem+json."""
+    """flask-smorest's Api, with every HTTP error answered and documented as problem+json.
+
+    No catch-all `default` response: each operation lists the statuses it can return.
+    """
+
+    DEFAULT_ERROR_RESPONSE_NAME = None
 
     def handle_http_exception(self, error):
         from app.errors import problem_from_http_exception

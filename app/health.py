@@ -14,7 +14,7 @@ from app.extensions import db, redis_store
 
 log = logging.getLogger(__name__)
 
-blp = ApiBlueprint("health", __name__, description="Liveness and readiness probes")
+blp = ApiBlueprint("health", __name__, description="Liveness and readiness probes", uses_database=False)
 
 
 class HealthSchema(ma.Schema):

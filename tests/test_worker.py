@@ -93,3 +93,16 @@ def test_a_real_worker_runs_the_task_from_the_broker(app, test_db_url, tmp_path)
             db.session.remove()
             db.session.execute(text("TRUNCATE users CASCADE"))
             db.session.commit()
+
+
+def test_revocation_tasks_rebuild_sync_and_purge(client, redis_client):
+    from app.auth import revocation
+    from tests.conftest import open_session
+    from worker.tasks import purge_expired_revocations, rebuild_revocation_mirror, sync_revocation_mirror
+
+    tokens = open_session(UserFactory())
+    client.post("/api/v1/auth/logout", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert rebuild_revocation_mirror.run() == 2
+    assert redis_client.get(revocation.READY) is not None
+    assert sync_revocation_mirror.run() == 2
+    assert purge_expired_revocations.run() == {"revoked_tokens": 0, "sessions": 0}

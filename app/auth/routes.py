@@ -14,6 +14,7 @@ blp = ApiBlueprint("auth", __name__, url_prefix="/auth", description="Accounts, 
 
 
 @blp.route("/register", methods=["POST"])
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
 @blp.arguments(RegisterSchema)
 @blp.response(201, PublicUserSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(409, response="CONFLICT")
@@ -24,6 +25,7 @@ def register(body):
 
 
 @blp.route("/login", methods=["POST"])
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenPairSchema)
 @blp.alt_response(401, response="UNAUTHORIZED")
@@ -38,6 +40,7 @@ def login(body):
 
 
 @blp.route("/refresh", methods=["POST"])
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
 @blp.login_required(refresh=True)
 @blp.response(200, TokenPairSchema)
 def refresh():
@@ -81,6 +84,7 @@ def end_session(session_id):
 
 
 @blp.route("/password", methods=["POST"])
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
 @blp.login_required()
 @blp.arguments(PasswordChangeSchema)
 @blp.response(204)

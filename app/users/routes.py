@@ -72,7 +72,7 @@ def user_posts(args, user_id):
 @blp.login_required()
 @blp.response(204)
 @blp.alt_response(404, response="NOT_FOUND")
-@blp.alt_response(422, response="UNPROCESSABLE_CONTENT")
+@blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 def follow(user_id):
     """Follow a user (idempotent)."""
     service.follow(current_user.id, user_id)
@@ -82,7 +82,7 @@ def follow(user_id):
 @blp.login_required()
 @blp.response(204)
 @blp.alt_response(404, response="NOT_FOUND")
-@blp.alt_response(422, response="UNPROCESSABLE_CONTENT")
+@blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 def unfollow(user_id):
     """Stop following a user (idempotent)."""
     service.unfollow(current_user.id, user_id)
