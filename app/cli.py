@@ -11,6 +11,7 @@ from flask import Flask
 from flask.cli import AppGroup
 from sqlalchemy import func, insert, select
 
+from app import cache
 from app.admin import service as admin
 from app.auth import service as auth
 from app.errors import APIError
@@ -199,6 +200,23 @@ def _remember_demo_logins(logins: list[str]) -> None:
     click.echo("\nDemo logins (kept in instance/demo-logins.txt):\n  " + "\n  ".join(logins))
 
 
+cache_cli = AppGroup("cache", help="The Redis cache of public profiles and posts.")
+
+
+@cache_cli.command("stats")
+def cache_stats() -> None:
+    """Hits, misses and hit rate since the last `flask cache clear`."""
+    numbers = cache.stats()
+    click.echo(f"hits {numbers['hits']}  misses {numbers['misses']}  hit rate {numbers['hit_rate']:.1%}")
+
+
+@cache_cli.command("clear")
+def cache_clear() -> None:
+    """Drop every cached profile and post, and reset the counters."""
+    click.echo(f"{cache.clear()} cached entries removed")
+
+
 def register_cli(app: Flask) -> None:
     app.cli.add_command(users_cli)
+    app.cli.add_command(cache_cli)
     app.cli.add_command(seed)

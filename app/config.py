@@ -75,6 +75,9 @@ def load(overrides: dict | None = None) -> dict:
         "REDIS_URL": redis_url,
         "REDIS_SOCKET_TIMEOUT": _float("REDIS_SOCKET_TIMEOUT", 0.5),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO").upper(),
+        # the profile/post cache: may be its own Redis (an LRU one) in production
+        "CACHE_REDIS_URL": os.environ.get("CACHE_REDIS_URL", redis_url),
+        "CACHE_TTL_SECONDS": _int("CACHE_TTL_SECONDS", 300),
         # number of proxies in front of the app whose X-Forwarded-For / -Proto to trust
         "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", 0),
         "CORS_ORIGINS": [o.strip() for o in os.environ.get("CORS_ORIGINS", "").split(",") if o.strip()],

@@ -59,9 +59,17 @@ class RedisStore:
     """
 
     def init_app(self, app) -> None:
+        app.extensions["redis"] = self._connect(app, app.config["REDIS_URL"])
+        # the cache may live on another Redis (CACHE_REDIS_URL); else it shares the client
+        cache_url = app.config["CACHE_REDIS_URL"]
+        same = cache_url == app.config["REDIS_URL"]
+        app.extensions["cache_redis"] = app.extensions["redis"] if same else self._connect(app, cache_url)
+
+    @staticmethod
+    def _connect(app, url: str) -> redis.Redis:
         timeout = app.config["REDIS_SOCKET_TIMEOUT"]
-        app.extensions["redis"] = redis.Redis.from_url(
-            app.config["REDIS_URL"],
+        return redis.Redis.from_url(
+            url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=30,

@@ -8,6 +8,7 @@ from celery import shared_task
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
+from app import cache
 from app.auth import revocation
 from app.users import service as users
 
@@ -49,3 +50,15 @@ def purge_expired_revocations() -> dict[str, int]:
     purged = revocation.purge_expired()
     log.info("purged %s", purged)
     return purged
+
+
+@shared_task(name="worker.tasks.invalidate_cache", **RETRY)
+def invalidate_cache(keys: list[str]) -> None:
+    """A cache delete that failed in a web request, retried until Redis answers."""
+    cache.delete_now(keys)
+
+
+@shared_task(name="worker.tasks.invalidate_author_posts", **RETRY)
+def invalidate_author_posts(user_id: int) -> int:
+    """Drop every cached post of a user whose name (or status) changed."""
+    return users.invalidate_author_posts(user_id)

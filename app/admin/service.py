@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy import func, or_, select
 
+from app import cache
 from app.auth.service import revoke_all_sessions
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.extensions import db
 from app.models import User
 from app.pagination import Page, keyset_page
-from app.users.service import escape_like
+from app.users.service import escape_like, invalidate_author_posts_later
 
 
 def require_admin(actor: User) -> None:
@@ -57,6 +58,9 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
     user.version = User.version + 1
     user.updated_at = func.now()
     db.session.commit()
+    cache.invalidate(cache.profile_key(user_id))
+    if is_active is not None:
+        invalidate_author_posts_later(user_id)  # their posts appear or vanish
     if is_active is False:
         revoke_all_sessions(user_id, reason="deactivated")
     return db.session.get(User, user_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import request, url_for
+from flask import Response, request, url_for
 from flask_jwt_extended import current_user
 
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
@@ -43,8 +43,8 @@ def create_post(body):
 @blp.alt_response(404, response="NOT_FOUND")
 def get_post(post_id):
     """A post with its author's public summary."""
-    post = service.get_post(post_id)
-    return post, _etag(post)
+    version, payload = service.public_post_json(post_id)
+    return Response(payload, mimetype="application/json", headers={"ETag": f'"{etag_of(version)}"'})
 
 
 @blp.route("/posts/<id:post_id>", methods=["PATCH"])

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import contains_eager
 from werkzeug.datastructures import ETags
 
+from app import cache
 from app.api import check_if_match
 from app.errors import Forbidden, NotFound
 from app.extensions import db
 from app.models import Follow, Post, User
 from app.pagination import Page, keyset_page
+from app.posts.schemas import PostSchema
 from app.users.service import bump_counters, get_public
 
 KEY = [Post.created_at, Post.id]
@@ -35,6 +38,22 @@ def get_post(post_id: int, *, for_update: bool = False) -> Post:
     if post is None:
         raise NotFound(f"No post with id {post_id}.")
     return post
+
+
+def public_post_json(post_id: int) -> tuple[int, bytes]:
+    """A post of an active author with its author summary, as (version, JSON); from the
+    cache when it is there. The entry is `version` and the JSON on one line each."""
+    key = cache.post_key(post_id)
+    cached = cache.get(key)
+    if cached is not None:
+        version, payload = cached.split(b"\n", 1)
+        return int(version), payload
+    post = get_post(post_id)
+    if not post.author.is_active:
+        raise NotFound(f"No post with id {post_id}.")
+    payload = current_app.json.dumps(PostSchema().dump(post)).encode()
+    cache.put(key, b"%d\n%s" % (post.version, payload))
+    return post.version, payload
 
 
 def list_posts(*, limit: int, cursor: str | None, author: int | None = None, q: str | None = None) -> Page:
@@ -64,6 +83,7 @@ def create_post(author_id: int, title: str, body: str) -> Post:
     db.session.add(post)
     bump_counters(author_id, post_count=1)
     db.session.commit()
+    cache.invalidate(cache.profile_key(author_id))
     return get_post(post.id)
 
 
@@ -83,6 +103,7 @@ def update_post(post_id: int, actor: User, changes: dict, if_match: ETags | None
     post.version = Post.version + 1
     post.updated_at = func.now()
     db.session.commit()
+    cache.invalidate(cache.post_key(post_id))
     return get_post(post_id)
 
 
@@ -92,3 +113,4 @@ def delete_post(post_id: int, actor: User, if_match: ETags | None) -> None:
     db.session.execute(delete(Post).where(Post.id == post.id))
     bump_counters(post.author_id, post_count=-1)
     db.session.commit()
+    cache.invalidate(cache.post_key(post_id), cache.profile_key(post.author_id))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import request
+from flask import Response, request
 from flask_jwt_extended import current_user
 
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
@@ -56,7 +56,7 @@ def update_me(changes):
 @blp.alt_response(404, response="NOT_FOUND")
 def get_user(user_id):
     """A public profile."""
-    return service.get_public(user_id)
+    return Response(service.public_profile_json(user_id), mimetype="application/json")
 
 
 @blp.route("/<id:user_id>/posts")

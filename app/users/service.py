@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from werkzeug.datastructures import ETags
 
+from app import cache
 from app.api import WithExtras, check_if_match
 from app.errors import NotFound, ValidationFailed
 from app.extensions import db
 from app.models import Follow, Post, User
 from app.pagination import Page, keyset_page
+from app.users.schemas import PublicUserSchema
+
+log = logging.getLogger(__name__)
 
 RECENT_POSTS = 5
 
@@ -23,6 +29,18 @@ def get_public(user_id: int) -> User:
     if user is None or not user.is_active:
         raise NotFound(f"No user with id {user_id}.")
     return user
+
+
+def public_profile_json(user_id: int) -> bytes:
+    """The public profile as JSON, from the cache when it is there."""
+
+    key = cache.profile_key(user_id)
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    payload = current_app.json.dumps(PublicUserSchema().dump(get_public(user_id))).encode()
+    cache.put(key, payload)
+    return payload
 
 
 def escape_like(value: str) -> str:
@@ -69,12 +87,36 @@ def update_profile(user_id: int, changes: dict, if_match: ETags | None) -> User:
     """Apply `changes` to the profile under a row lock; 412 when If-Match is stale."""
     user = db.session.get(User, user_id, with_for_update=True, populate_existing=True)
     check_if_match(if_match, user.version)
+    renamed = "display_name" in changes and changes["display_name"] != user.display_name
     for field, value in changes.items():
         setattr(user, field, value)
     user.version = User.version + 1
     user.updated_at = func.now()
     db.session.commit()
+    cache.invalidate(cache.profile_key(user_id))
+    if renamed:
+        invalidate_author_posts_later(user_id)
     return user
+
+
+def invalidate_author_posts_later(user_id: int) -> None:
+    """Cached posts embed the author's name: a worker drops them all, now and once
+    more a second later (a reader that loaded a post before the change may have put
+    it back in between)."""
+    celery = current_app.extensions["celery"]
+    try:
+        celery.send_task("worker.tasks.invalidate_author_posts", args=[user_id])
+        celery.send_task("worker.tasks.invalidate_author_posts", args=[user_id], countdown=1)
+    except Exception as exc:  # broker down: the TTL bounds staleness
+        log.error("could not queue post invalidation for user %s: %s", user_id, exc)
+
+
+def invalidate_author_posts(user_id: int) -> int:
+    """Drop every cached post of a user (the worker's half); returns how many posts."""
+    ids = list(db.session.scalars(select(Post.id).where(Post.author_id == user_id)))
+    for start in range(0, len(ids), 1000):
+        cache.delete_now([cache.post_key(post_id) for post_id in ids[start : start + 1000]])
+    return len(ids)
 
 
 def bump_counters(user_id: int, **deltas: int) -> None:
@@ -100,6 +142,8 @@ def follow(follower_id: int, followed_id: int) -> None:
     if inserted:
         _bump_pair(follower_id, followed_id, +1)
     db.session.commit()
+    if inserted:
+        cache.invalidate(cache.profile_key(follower_id), cache.profile_key(followed_id))
 
 
 def unfollow(follower_id: int, followed_id: int) -> None:
@@ -115,6 +159,8 @@ def unfollow(follower_id: int, followed_id: int) -> None:
     if deleted:
         _bump_pair(follower_id, followed_id, -1)
     db.session.commit()
+    if deleted:
+        cache.invalidate(cache.profile_key(follower_id), cache.profile_key(followed_id))
 
 
 def _bump_pair(follower_id: int, followed_id: int, delta: int) -> None:
@@ -148,23 +194,52 @@ def following(user_id: int, *, limit: int, cursor: str | None) -> Page:
     return keyset_page(stmt, [Follow.created_at, Follow.followed_id], [datetime, int], limit=limit, cursor=cursor)
 
 
-RECOUNT_SQL = {
-    "post_count": "SELECT count(*) FROM posts p WHERE p.author_id = u.id",
-    "follower_count": "SELECT count(*) FROM follows f WHERE f.followed_id = u.id",
-    "following_count": "SELECT count(*) FROM follows f WHERE f.follower_id = u.id",
-}
+COUNTERS = ("post_count", "follower_count", "following_count")
+
+# One batch of users: the counts from the rows, written where they differ; RETURNING
+# says which counters were wrong.
+_RECOUNT_BATCH = text("""
+WITH fresh AS (
+    SELECT u.id, u.post_count AS old_posts, u.follower_count AS old_followers,
+           u.following_count AS old_following,
+           (SELECT count(*) FROM posts p WHERE p.author_id = u.id) AS posts,
+           (SELECT count(*) FROM follows f WHERE f.followed_id = u.id) AS followers,
+           (SELECT count(*) FROM follows f WHERE f.follower_id = u.id) AS following
+    FROM users u WHERE u.id >= :low AND u.id < :high
+)
+UPDATE users u
+SET post_count = fresh.posts, follower_count = fresh.followers, following_count = fresh.following
+FROM fresh
+WHERE u.id = fresh.id
+  AND (fresh.old_posts, fresh.old_followers, fresh.old_following)
+      IS DISTINCT FROM (fresh.posts, fresh.followers, fresh.following)
+RETURNING u.id, fresh.old_posts <> fresh.posts, fresh.old_followers <> fresh.followers,
+          fresh.old_following <> fresh.following
+""")
 
 
-def recount_counters() -> dict[str, int]:
-    """Recompute every stored counter from the rows; return how many users each fixed."""
-    corrected = {}
-    for column, count_sql in RECOUNT_SQL.items():
-        result = db.session.execute(
-            text(
-                f"UPDATE users u SET {column} = ({count_sql}) "  # noqa: S608 (names from the dict above)
-                f"WHERE u.{column} IS DISTINCT FROM ({count_sql})"
-            )
+def recount_counters(*, batch_size: int = 1000, progress=None) -> dict:
+    """Recompute every stored counter from the rows, a batch of users per transaction.
+
+    Returns how many users had each counter corrected, and the first corrected ids;
+    `progress(done, total)` is called after each batch.
+    """
+    low, high = db.session.execute(select(func.min(User.id), func.max(User.id))).one()
+    total = db.session.scalar(select(func.count()).select_from(User))
+    corrected = dict.fromkeys(COUNTERS, 0)
+    fixed_ids: list[int] = []
+    done = 0
+    for start in range(low or 0, (high or -1) + 1, batch_size):
+        rows = db.session.execute(_RECOUNT_BATCH, {"low": start, "high": start + batch_size}).all()
+        done += db.session.scalar(
+            select(func.count()).select_from(User).where(User.id >= start, User.id < start + batch_size)
         )
-        corrected[column] = result.rowcount
-    db.session.commit()
-    return corrected
+        db.session.commit()
+        for user_id, *flags in rows:
+            for name, flag in zip(COUNTERS, flags, strict=True):
+                corrected[name] += int(flag)
+            fixed_ids.append(user_id)
+        cache.invalidate(*(cache.profile_key(user_id) for user_id, *_ in rows))
+        if progress:
+            progress(done, total)
+    return {**corrected, "users_checked": done, "users_corrected": len(fixed_ids), "corrected_ids": fixed_ids[:100]}

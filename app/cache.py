@@ -1,0 +1,118 @@
+"""The Redis cache of public views: a user's profile and a post with its author.
+
+Keys are versioned (`user:v1:{id}`, `post:v1:{id}`) and live CACHE_TTL_SECONDS. Only what
+anyone may see is cached (never email, role, `/me` or admin views). Writers delete the
+key right after their transaction commits, so the next read on any process is fresh;
+a delete that fails is retried by a Celery task, and the TTL bounds staleness if even
+that cannot run. A delete also leaves a short tombstone, so a reader that loaded the row
+before the write cannot put the old version back.
+
+Every Redis call is guarded: with Redis down, reads go to PostgreSQL and writes succeed.
+Hits and misses are counted in Redis, in the same round trip as the read.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import current_app
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+HITS = "cache:stats:hits"
+MISSES = "cache:stats:misses"
+TOMBSTONE_SECONDS = 5
+
+# GET the key and count the hit or miss: one round trip
+_GET_COUNTED = """
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('INCR', KEYS[2]) else redis.call('INCR', KEYS[3]) end
+return value
+"""
+# SET unless a writer invalidated the key moments ago
+_PUT_UNLESS_INVALIDATED = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+def profile_key(user_id: int) -> str:
+    return f"user:v1:{user_id}"
+
+
+def post_key(post_id: int) -> str:
+    return f"post:v1:{post_id}"
+
+
+def _client():
+    return current_app.extensions["cache_redis"]
+
+
+def _script(source: str):
+    scripts = current_app.extensions.setdefault("cache_scripts", {})
+    if source not in scripts:
+        scripts[source] = _client().register_script(source)
+    return scripts[source]
+
+
+def get(key: str) -> bytes | None:
+    try:
+        return _script(_GET_COUNTED)(keys=[key, HITS, MISSES])
+    except RedisError as exc:
+        log.warning("cache read skipped (%s)", exc)
+        return None
+
+
+def put(key: str, payload: bytes) -> None:
+    try:
+        ttl = current_app.config["CACHE_TTL_SECONDS"]
+        _script(_PUT_UNLESS_INVALIDATED)(keys=[key, f"{key}:tombstone"], args=[payload, ttl])
+    except RedisError as exc:
+        log.warning("cache write skipped (%s)", exc)
+
+
+def invalidate(*keys: str) -> None:
+    """Delete keys now; if Redis refuses, a worker retries (the TTL is the last resort)."""
+    if not keys:
+        return
+    try:
+        delete_now(keys)
+    except RedisError as exc:
+        log.warning("cache invalidation failed (%s); queueing a retry", exc)
+        try:
+            current_app.extensions["celery"].send_task("worker.tasks.invalidate_cache", args=[list(keys)])
+        except Exception as queue_exc:  # the broker may share the outage
+            log.error("could not queue the cache invalidation (%s); stale for at most the TTL", queue_exc)
+
+
+def delete_now(keys) -> None:
+    pipe = _client().pipeline(transaction=False)
+    pipe.delete(*keys)
+    for key in keys:
+        pipe.set(f"{key}:tombstone", 1, ex=TOMBSTONE_SECONDS)
+    pipe.execute()
+
+
+def stats() -> dict:
+    hits, misses = (int(v or 0) for v in _client().mget(HITS, MISSES))
+    total = hits + misses
+    return {"hits": hits, "misses": misses, "hit_rate": hits / total if total else 0.0}
+
+
+def clear() -> int:
+    """Delete every cached entry and the counters; returns how many keys went."""
+    client = _client()
+    removed = 0
+    for pattern in ("user:v1:*", "post:v1:*"):
+        batch = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                removed += client.delete(*batch)
+                batch = []
+        if batch:
+            removed += client.delete(*batch)
+    client.delete(HITS, MISSES)
+    return removed

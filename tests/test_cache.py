@@ -1,0 +1,166 @@
+"""The profile and post cache: hits, read-your-writes, nothing private, Redis down."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app import cache, create_app
+from tests.conftest import open_session
+from tests.factories import PostFactory, UserFactory
+from tests.redis_server import RedisServer
+
+USERS = "/api/v1/users"
+POSTS = "/api/v1/posts"
+
+
+def test_profile_is_served_from_the_cache_without_sql(client, count_queries, redis_client):
+    user = UserFactory()
+    first = client.get(f"{USERS}/{user.id}")
+    with count_queries() as queries:
+        second = client.get(f"{USERS}/{user.id}")
+    assert second.status_code == 200
+    assert second.get_data() == first.get_data()
+    assert queries.count == 0
+    assert cache.stats() == {"hits": 1, "misses": 1, "hit_rate": 0.5}
+    assert 0 < redis_client.ttl(cache.profile_key(user.id)) <= 300
+
+
+def test_cached_entries_hold_nothing_private(client, login, redis_client):
+    post = PostFactory()
+    client.get(f"{USERS}/{post.author_id}")
+    client.get(f"{POSTS}/{post.id}")
+    client.get(f"{USERS}/me", headers=login(UserFactory()))
+    raw_profile = redis_client.get(cache.profile_key(post.author_id)).decode()
+    raw_post = redis_client.get(cache.post_key(post.id)).decode()
+    for raw in (raw_profile, raw_post):
+        assert "@example.com" not in raw and "role" not in raw and "argon2" not in raw
+    assert set(json.loads(raw_profile)) == {
+        "id",
+        "username",
+        "display_name",
+        "bio",
+        "created_at",
+        "post_count",
+        "follower_count",
+        "following_count",
+    }
+    keys = {k.decode() for k in redis_client.scan_iter("user:v1:*") if not k.endswith(b":tombstone")}
+    assert keys == {cache.profile_key(post.author_id)}  # /users/me was not cached
+
+
+def test_profile_edit_is_read_back_at_once_on_any_web_process(app, client, login, test_db_url):
+    user = UserFactory(display_name="Before")
+    other_process = create_app(
+        {
+            "APP_ENV": "test",
+            "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(False),
+            "REDIS_URL": app.config["REDIS_URL"],
+        }
+    ).test_client()
+    client.get(f"{USERS}/{user.id}")  # cached
+    assert client.patch(f"{USERS}/me", json={"display_name": "After"}, headers=login(user)).status_code == 200
+    assert client.get(f"{USERS}/{user.id}").get_json()["display_name"] == "After"
+    assert other_process.get(f"{USERS}/{user.id}").get_json()["display_name"] == "After"
+
+
+def test_counts_in_a_cached_profile_stay_true(client, login):
+    author, fan = UserFactory(), UserFactory()
+    headers = login(author)
+    assert client.get(f"{USERS}/{author.id}").get_json()["post_count"] == 0
+    created = client.post(POSTS, json={"title": "t", "body": "b"}, headers=headers).get_json()
+    assert client.get(f"{USERS}/{author.id}").get_json()["post_count"] == 1
+    client.put(f"{USERS}/{author.id}/follow", headers=login(fan))
+    assert client.get(f"{USERS}/{author.id}").get_json()["follower_count"] == 1
+    assert client.get(f"{USERS}/{fan.id}").get_json()["following_count"] == 1
+    client.delete(f"{USERS}/{author.id}/follow", headers=login(fan))
+    assert client.get(f"{USERS}/{author.id}").get_json()["follower_count"] == 0
+    client.delete(f"{POSTS}/{created['id']}", headers=headers)
+    assert client.get(f"{USERS}/{author.id}").get_json()["post_count"] == 0
+
+
+def test_cached_post_keeps_its_etag_and_edits_show_at_once(client, login):
+    post = PostFactory(title="Old")
+    from app.extensions import db
+    from app.models import User
+
+    headers = login(db.session.get(User, post.author_id))
+    assert client.get(f"{POSTS}/{post.id}").headers["ETag"] == '"v1"'
+    cached = client.get(f"{POSTS}/{post.id}")
+    assert cached.headers["ETag"] == '"v1"' and cached.get_json()["title"] == "Old"
+    client.patch(f"{POSTS}/{post.id}", json={"title": "New"}, headers=headers)
+    fresh = client.get(f"{POSTS}/{post.id}")
+    assert fresh.get_json()["title"] == "New" and fresh.headers["ETag"] == '"v2"'
+    client.delete(f"{POSTS}/{post.id}", headers=headers)
+    assert client.get(f"{POSTS}/{post.id}").status_code == 404
+
+
+def test_a_reader_cannot_put_back_what_a_writer_just_invalidated(app, redis_client):
+    key = cache.profile_key(1)
+    cache.invalidate(key)
+    cache.put(key, b"stale")
+    assert redis_client.get(key) is None
+
+
+def test_author_posts_fan_out_drops_every_cached_post_of_the_author(client, redis_client):
+    from worker.tasks import invalidate_author_posts
+
+    author = UserFactory()
+    posts = PostFactory.create_batch(3, author=author)
+    other = PostFactory()
+    for post in [*posts, other]:
+        client.get(f"{POSTS}/{post.id}")
+    assert invalidate_author_posts.run(author.id) == 3
+    assert [redis_client.exists(cache.post_key(p.id)) for p in posts] == [0, 0, 0]
+    assert redis_client.exists(cache.post_key(other.id))
+
+
+def test_posts_of_deactivated_authors_are_hidden(client):
+    post = PostFactory(author=UserFactory(is_active=False))
+    assert client.get(f"{POSTS}/{post.id}").status_code == 404
+
+
+@pytest.fixture
+def cache_redis(app, monkeypatch):
+    server = RedisServer().start()
+    monkeypatch.setitem(
+        app.extensions,
+        "cache_redis",
+        redis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)),
+    )
+    monkeypatch.setitem(app.extensions, "cache_scripts", {})
+    yield server
+    server.cleanup()
+
+
+def test_cache_redis_down_reads_from_postgres_and_writes_succeed(client, login, cache_redis):
+    user = UserFactory(display_name="Before")
+    headers = login(user)
+    assert client.get(f"{USERS}/{user.id}").status_code == 200  # cached
+    cache_redis.stop()
+    assert client.get(f"{USERS}/{user.id}").get_json()["display_name"] == "Before"
+    response = client.patch(f"{USERS}/me", json={"display_name": "During"}, headers=headers)
+    assert response.status_code == 200
+    assert client.get(f"{USERS}/{user.id}").get_json()["display_name"] == "During"
+    post = client.post(POSTS, json={"title": "t", "body": "b"}, headers=headers)
+    assert post.status_code == 201
+    assert client.get(f"{POSTS}/{post.get_json()['id']}").status_code == 200
+    cache_redis.start()  # back, and empty: it fills again
+    client.get(f"{USERS}/{user.id}")
+    assert client.get(f"{USERS}/{user.id}").get_json()["display_name"] == "During"
+    assert cache.stats()["hits"] == 1
+
+
+def test_cli_cache_stats_and_clear(app, client):
+    user = UserFactory()
+    client.get(f"{USERS}/{user.id}")
+    client.get(f"{USERS}/{user.id}")
+    runner = app.test_cli_runner()
+    assert "hit rate 50.0%" in runner.invoke(args=["cache", "stats"]).output
+    assert "1 cached entries removed" in runner.invoke(args=["cache", "clear"]).output
+    assert cache.stats()["hits"] == 0
+    open_session(user)  # the clear leaves non-cache keys alone
