@@ -44,12 +44,13 @@ def create_app(config: dict | None = None) -> Flask:
     from app.auth.tokens import register_token_callbacks
     from app.errors import register_error_handlers
     from app.health import blp as health_blp
+    from app.jobs.routes import blp as jobs_blp
     from app.posts.routes import blp as posts_blp
     from app.users.routes import blp as users_blp
 
     register_token_callbacks(jwt)
     register_error_handlers(app)
-    for blueprint in (auth_blp, users_blp, posts_blp, admin_blp):
+    for blueprint in (auth_blp, users_blp, posts_blp, jobs_blp, admin_blp):
         api.register_blueprint(blueprint, url_prefix=f"/api/v1{blueprint.url_prefix or ''}")
     api.register_blueprint(health_blp)
     _register_request_hooks(app)
@@ -87,6 +88,8 @@ def _migrations_dir() -> Path:
 
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+# endpoints that take a file upload (multipart), and may be larger than MAX_CONTENT_LENGTH
+_UPLOADS = {"posts.import_posts": "IMPORT_MAX_BYTES"}
 
 
 def _register_request_hooks(app: Flask) -> None:
@@ -99,7 +102,11 @@ def _register_request_hooks(app: Flask) -> None:
     @app.before_request
     def _json_bodies_only():
         """A body that is not JSON is refused as such, not misread as a missing field."""
-        if request.method in _BODY_METHODS and request.content_length and not request.is_json:
+        if request.endpoint in _UPLOADS:
+            request.max_content_length = app.config[_UPLOADS[request.endpoint]]
+            if request.mimetype != "multipart/form-data":
+                raise UnsupportedMediaType("Upload the file as multipart/form-data.")
+        elif request.method in _BODY_METHODS and request.content_length and not request.is_json:
             raise UnsupportedMediaType("Send the body as application/json.")
 
     @app.after_request

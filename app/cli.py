@@ -79,9 +79,9 @@ def revoke_sessions(username: str) -> None:
     click.echo(f"{ended} session(s) of {user.username} ended")
 
 
-def _cli_call(func, *args):
+def _cli_call(func, *args, **kwargs):
     try:
-        return func(*args)
+        return func(*args, **kwargs)
     except APIError as exc:
         raise click.ClickException(exc.detail) from None
 
@@ -216,7 +216,74 @@ def cache_clear() -> None:
     click.echo(f"{cache.clear()} cached entries removed")
 
 
+jobs_cli = AppGroup("jobs", help="Imports, recounts and the job list (run here, not by a worker).")
+
+
+def _run_with_bar(job, label: str) -> None:
+    from app.jobs import service as jobs
+
+    with click.progressbar(length=job.progress_total or 1, label=label) as bar:
+
+        def advance(done: int, total: int | None) -> None:
+            bar.length = total or bar.length
+            bar.update(done - bar.pos)
+
+        status = jobs.run(job.id, on_progress=advance)
+    db.session.expire_all()
+    job = db.session.get(type(job), job.id)
+    summary = {k: v for k, v in (job.result or {}).items() if k != "errors"}
+    click.echo(f"job {job.id}: {status}  {summary}")
+    for report in (job.result or {}).get("errors", [])[:20]:
+        click.echo(f"  line {report['line']}: {report['errors']}")
+    if job.error:
+        raise click.ClickException(job.error["detail"])
+
+
+@jobs_cli.command("import-posts")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--user", "username", required=True, help="the author of the imported posts")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="default: from the file name")
+def import_posts(path: str, username: str, fmt: str | None) -> None:
+    """Import posts from a JSON Lines or CSV file, with a progress bar."""
+    from pathlib import Path
+
+    from app.posts import imports
+
+    user = _cli_call(admin.find_user, username)
+    content = Path(path).read_bytes()
+    job = _cli_call(imports.start, user.id, content, Path(path).name, "", fmt, queue=False)
+    _run_with_bar(job, f"importing {Path(path).name}")
+
+
+@jobs_cli.command("recount")
+def recount() -> None:
+    """Recompute every stored counter, with a progress bar."""
+    from app.jobs import service as jobs
+    from app.models import JobKind
+
+    _run_with_bar(jobs.create(JobKind.RECOUNT, None, queue=False), "recounting")
+
+
+@jobs_cli.command("list")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed"]))
+def list_jobs(limit: int, status: str | None) -> None:
+    """The newest jobs of everyone."""
+    from app.models import Job
+
+    stmt = select(Job, User.username).outerjoin(User, User.id == Job.owner_id)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    for job, owner in db.session.execute(stmt.order_by(Job.created_at.desc()).limit(limit)):
+        total = job.progress_total if job.progress_total is not None else "?"
+        click.echo(
+            f"{job.id}  {job.kind:<12} {job.status:<9} {job.progress_done}/{total}  "
+            f"{owner or '-':<16} {job.created_at:%Y-%m-%d %H:%M:%S}"
+        )
+
+
 def register_cli(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(cache_cli)
+    app.cli.add_command(jobs_cli)
     app.cli.add_command(seed)

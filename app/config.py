@@ -78,6 +78,11 @@ def load(overrides: dict | None = None) -> dict:
         # the profile/post cache: may be its own Redis (an LRU one) in production
         "CACHE_REDIS_URL": os.environ.get("CACHE_REDIS_URL", redis_url),
         "CACHE_TTL_SECONDS": _int("CACHE_TTL_SECONDS", 300),
+        # jobs: a running job whose heartbeat is older than this is presumed dead
+        "JOB_STALE_SECONDS": _int("JOB_STALE_SECONDS", 120),
+        "JOB_REAPER_INTERVAL_SECONDS": _int("JOB_REAPER_INTERVAL_SECONDS", 30),
+        "IMPORT_MAX_BYTES": _int("IMPORT_MAX_BYTES", 64 * 1024 * 1024),
+        "IMPORT_MAX_LINES": _int("IMPORT_MAX_LINES", 100_000),
         # number of proxies in front of the app whose X-Forwarded-For / -Proto to trust
         "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", 0),
         "CORS_ORIGINS": [o.strip() for o in os.environ.get("CORS_ORIGINS", "").split(",") if o.strip()],

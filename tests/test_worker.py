@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import json
 import time
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import func, select, text, update
 
 from app import cache
 from app.extensions import db, redis_store
-from app.models import User
+from app.models import Job, Post, User
+from app.users.service import recount_counters
 from tests.conftest import open_session
 from tests.factories import FollowFactory, PostFactory, UserFactory
 from tests.processes import Worker, service_env
-from worker.tasks import recount_counters
 
 
 def test_recount_fixes_drifted_counters_and_reports_them():
@@ -22,12 +24,12 @@ def test_recount_fixes_drifted_counters_and_reports_them():
     FollowFactory(followed_id=user.id)
     db.session.execute(update(User).where(User.id == user.id).values(post_count=7, follower_count=0))
     db.session.commit()
-    corrected = recount_counters.run()
+    corrected = recount_counters()
     assert corrected["post_count"] == 1 and corrected["follower_count"] == 1 and corrected["following_count"] == 0
     assert corrected["corrected_ids"] == [user.id]
     db.session.refresh(user)
     assert (user.post_count, user.follower_count) == (2, 1)
-    again = recount_counters.run()
+    again = recount_counters()
     assert (again["post_count"], again["follower_count"], again["users_corrected"]) == (0, 0, 0)
     assert again["users_checked"] == corrected["users_checked"] == 2
 
@@ -68,7 +70,7 @@ def test_a_real_worker_runs_the_task_from_the_broker(app, committed, worker_proc
         PostFactory(author=user)
         db.session.execute(update(User).where(User.id == user.id).values(post_count=40))
         db.session.commit()
-        app.extensions["celery"].send_task("worker.tasks.recount_counters")
+        app.extensions["celery"].send_task("worker.tasks.nightly_recount")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             db.session.expire_all()
@@ -108,3 +110,95 @@ def test_revocation_tasks_rebuild_sync_and_purge(client, redis_client):
     assert redis_client.get(revocation.READY) is not None
     assert sync_revocation_mirror.run() == 2
     assert purge_expired_revocations.run() == {"revoked_tokens": 0, "sessions": 0}
+
+
+def _poll(app, job_id, until, timeout: float, worker) -> Job:
+    deadline = time.monotonic() + timeout
+    with app.app_context():
+        while True:
+            db.session.expire_all()
+            job = db.session.get(Job, job_id)
+            if until(job):
+                return job
+            assert time.monotonic() < deadline, f"job stuck at {job.status} {job.progress_done}\n{worker.log()}"
+            time.sleep(0.01)
+
+
+def _import_file(lines: int, invalid_every: int) -> bytes:
+    records = []
+    for i in range(1, lines + 1):
+        title = "" if i % invalid_every == 0 else f"Post {i}"
+        records.append(json.dumps({"external_id": f"ext-{i}", "title": title, "body": f"Body of post {i}."}))
+    return "\n".join(records).encode()
+
+
+@pytest.mark.no_transaction
+def test_a_worker_runs_an_uploaded_import_and_an_export(app, committed, worker_process):
+    client = app.test_client()
+    with app.app_context():
+        author = UserFactory()
+        headers = {"Authorization": f"Bearer {open_session(author)['access_token']}"}
+    content = _import_file(300, invalid_every=100)
+    response = client.post(
+        "/api/v1/posts/import",
+        data={"file": (io.BytesIO(content), "posts.jsonl")},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202
+    job = _poll(app, response.get_json()["id"], lambda j: j.status == "succeeded", 30, worker_process)
+    assert (job.result["imported"], job.result["invalid"]) == (297, 3)
+    export = client.post("/api/v1/users/me/export", headers=headers).get_json()
+    _poll(app, export["id"], lambda j: j.status == "succeeded", 30, worker_process)
+    document = client.get(f"/api/v1/jobs/{export['id']}/result", headers=headers).get_json()
+    assert len(document["posts"]) == 297
+
+
+@pytest.mark.no_transaction
+def test_an_import_survives_its_worker_being_killed_and_finishes_once(app, committed, test_db_url, tmp_path):
+    lines, invalid_every = 50_000, 1000
+    env = service_env(app, test_db_url, JOB_STALE_SECONDS="2", JOB_REAPER_INTERVAL_SECONDS="1")
+    client = app.test_client()
+    with app.app_context():
+        author = UserFactory()
+        author_id = author.id
+        headers = {"Authorization": f"Bearer {open_session(author)['access_token']}"}
+    first = Worker(env, tmp_path / "first.log", name="first").wait_ready()
+    try:
+        response = client.post(
+            "/api/v1/posts/import",
+            data={"file": (io.BytesIO(_import_file(lines, invalid_every)), "posts.jsonl")},
+            headers=headers,
+            content_type="multipart/form-data",
+        )
+        assert response.status_code == 202
+        job_id = response.get_json()["id"]
+        midway = _poll(app, job_id, lambda j: j.progress_done >= 5_000, 60, first)
+        first.kill()
+    finally:
+        first.stop()
+    with app.app_context():
+        db.session.expire_all()
+        killed = db.session.get(Job, job_id)
+        assert killed.status == "running" and 5_000 <= killed.progress_done < lines, killed.progress_done
+    assert midway.progress_done < lines
+    second = Worker(env, tmp_path / "second.log", name="second", beat=True).wait_ready()
+    try:
+        job = _poll(app, job_id, lambda j: j.status in ("succeeded", "failed"), 90, second)
+    finally:
+        second.stop()
+    valid = lines - lines // invalid_every
+    assert job.status == "succeeded", job.error
+    assert (job.progress_done, job.progress_total, job.attempt) == (lines, lines, 2)
+    assert (job.result["imported"], job.result["duplicates"], job.result["invalid"]) == (
+        valid,
+        0,
+        lines // invalid_every,
+    )
+    assert [e["line"] for e in job.result["errors"]] == list(range(invalid_every, lines + 1, invalid_every))
+    with app.app_context():
+        imported = db.session.execute(
+            select(func.count(), func.count(func.distinct(Post.external_id))).where(Post.author_id == author_id)
+        ).one()
+        assert tuple(imported) == (valid, valid)
+        assert db.session.get(User, author_id).post_count == valid

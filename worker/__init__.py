@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery, Task
 from celery.schedules import crontab
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from flask import Flask
 
 # longer than the longest job, or Redis redelivers a running task to a second worker
@@ -46,8 +46,12 @@ def make_celery(flask_app: Flask) -> Celery:
         timezone="UTC",
         beat_schedule={
             "recount-counters-nightly": {
-                "task": "worker.tasks.recount_counters",
+                "task": "worker.tasks.nightly_recount",
                 "schedule": crontab(hour=3, minute=30),
+            },
+            "requeue-stale-jobs": {
+                "task": "worker.tasks.requeue_stale_jobs",
+                "schedule": float(cfg["JOB_REAPER_INTERVAL_SECONDS"]),
             },
             "sync-revocation-mirror": {"task": "worker.tasks.sync_revocation_mirror", "schedule": 60.0},
             "purge-expired-revocations": {
@@ -57,6 +61,11 @@ def make_celery(flask_app: Flask) -> Celery:
         },
     )
     flask_app.extensions["celery"] = celery
+
+    @worker_ready.connect(weak=False)
+    def _pick_up_abandoned_jobs(**_kwargs):
+        # a worker that starts after a crash takes over what the dead one left
+        celery.send_task("worker.tasks.requeue_stale_jobs")
 
     @worker_process_init.connect(weak=False)
     def _fresh_pool_after_fork(**_kwargs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from celery import shared_task
 from redis.exceptions import RedisError
@@ -10,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from app import cache
 from app.auth import revocation
+from app.jobs import service as jobs
 from app.users import service as users
 
 log = logging.getLogger(__name__)
@@ -20,14 +22,6 @@ RETRY = {
     "retry_backoff_max": 300,
     "max_retries": 5,
 }
-
-
-@shared_task(name="worker.tasks.recount_counters", **RETRY)
-def recount_counters() -> dict[str, int]:
-    """Nightly repair of the stored post/follower/following counts."""
-    corrected = users.recount_counters()
-    log.info("recount corrected %s", corrected)
-    return corrected
 
 
 @shared_task(name="worker.tasks.rebuild_revocation_mirror", **RETRY)
@@ -62,3 +56,24 @@ def invalidate_cache(keys: list[str]) -> None:
 def invalidate_author_posts(user_id: int) -> int:
     """Drop every cached post of a user whose name (or status) changed."""
     return users.invalidate_author_posts(user_id)
+
+
+@shared_task(name="worker.tasks.run_job", **RETRY)
+def run_job(job_id: str) -> str | None:
+    """Run a job to its end; a second delivery of a finished job does nothing."""
+    return jobs.run(uuid.UUID(job_id))
+
+
+@shared_task(name="worker.tasks.requeue_stale_jobs", **RETRY)
+def requeue_stale_jobs() -> int:
+    """Queue again the jobs whose worker died or whose message was lost."""
+    return jobs.requeue_stale()
+
+
+@shared_task(name="worker.tasks.nightly_recount", **RETRY)
+def nightly_recount() -> str | None:
+    """The nightly recount, as a job row admins can see."""
+    from app.models import JobKind
+
+    job = jobs.create(JobKind.RECOUNT, None)
+    return str(job.id)

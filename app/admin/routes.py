@@ -7,6 +7,8 @@ from flask_jwt_extended import current_user
 from app.admin import service
 from app.admin.schemas import AdminUserListArgsSchema, AdminUserSchema, AdminUserUpdateSchema
 from app.api import ApiBlueprint, page_of
+from app.jobs.routes import JOB_LOCATION, accepted
+from app.jobs.schemas import JobSchema
 
 blp = ApiBlueprint("admin", __name__, url_prefix="/admin", description="Account administration (admins only)")
 
@@ -30,3 +32,12 @@ def list_users(args):
 def update_user(changes, user_id):
     """Change a user's role or deactivate them (their sessions end at once)."""
     return service.update_user(current_user, user_id, changes)
+
+
+@blp.route("/jobs/recount", methods=["POST"])
+@blp.login_required()
+@blp.response(202, JobSchema, headers=JOB_LOCATION)
+@blp.alt_response(403, response="FORBIDDEN")
+def recount():
+    """Recompute every stored counter, in batches, as a job; its result says what was fixed."""
+    return accepted(service.start_recount(current_user))

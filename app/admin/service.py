@@ -64,3 +64,11 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
     if is_active is False:
         revoke_all_sessions(user_id, reason="deactivated")
     return db.session.get(User, user_id)
+
+
+def start_recount(actor: User):
+    require_admin(actor)
+    from app.jobs import service as jobs
+    from app.models import JobKind
+
+    return jobs.create(JobKind.RECOUNT, actor.id)

@@ -26,6 +26,8 @@ class Post(db.Model):
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     title: Mapped[str] = mapped_column(String(200))
     body: Mapped[str] = mapped_column(Text)
+    # the id a bulk import gave the post, unique per author: re-importing a file is a no-op
+    external_id: Mapped[str | None] = mapped_column(String(100))
     search: Mapped[str] = mapped_column(TSVECTOR, Computed(SEARCH_VECTOR, persisted=True), deferred=True)
     version: Mapped[int] = mapped_column(server_default="1")
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
@@ -38,6 +40,13 @@ class Post(db.Model):
         Index("ix_posts_created", text("created_at DESC"), text("id DESC")),
         Index("ix_posts_author_created", "author_id", text("created_at DESC"), text("id DESC")),
         Index("ix_posts_search", "search", postgresql_using="gin"),
+        Index(
+            "uq_posts_author_external",
+            "author_id",
+            "external_id",
+            unique=True,
+            postgresql_where=text("external_id IS NOT NULL"),
+        ),
     )
 
     def __repr__(self) -> str:

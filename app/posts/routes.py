@@ -6,7 +6,9 @@ from flask import Response, request, url_for
 from flask_jwt_extended import current_user
 
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
-from app.posts import service
+from app.jobs.routes import JOB_LOCATION, accepted
+from app.jobs.schemas import ImportFileSchema, ImportFormSchema, JobSchema
+from app.posts import imports, service
 from app.posts.schemas import PostCreateSchema, PostListArgsSchema, PostSchema, PostUpdateSchema
 
 blp = ApiBlueprint("posts", __name__, description="Posts and the feed")
@@ -69,6 +71,26 @@ def update_post(changes, post_id):
 def delete_post(post_id):
     """Delete a post (author or admin)."""
     service.delete_post(post_id, current_user, request.if_match)
+
+
+@blp.route("/posts/import", methods=["POST"])
+@blp.login_required()
+@blp.arguments(ImportFileSchema, location="files")
+@blp.arguments(ImportFormSchema, location="form")
+@blp.response(202, JobSchema, headers=JOB_LOCATION)
+@blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
+@blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
+@blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+def import_posts(files, form):
+    """Import my posts from a JSON Lines or CSV file (up to 100,000 lines) as a job.
+
+    Each line needs external_id, title and body; a line whose external_id I already
+    used is skipped, so sending a file twice imports it once."""
+    upload = files["file"]
+    job = imports.start(
+        current_user.id, upload.read(), upload.filename or "", upload.mimetype or "", form.get("format")
+    )
+    return accepted(job)
 
 
 @blp.route("/feed")

@@ -6,6 +6,10 @@ from flask import Response, request
 from flask_jwt_extended import current_user
 
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
+from app.jobs import service as jobs
+from app.jobs.routes import JOB_LOCATION, accepted
+from app.jobs.schemas import JobSchema
+from app.models import JobKind
 from app.posts import service as posts
 from app.posts.schemas import PostSchema
 from app.users import service
@@ -49,6 +53,15 @@ def update_me(changes):
     """Change my display name or bio. Send `If-Match` with the ETag you read."""
     user = service.update_profile(current_user.id, changes, request.if_match)
     return user, {"ETag": f'"{etag_of(user.version)}"'}
+
+
+@blp.route("/me/export", methods=["POST"])
+@blp.login_required()
+@blp.response(202, JobSchema, headers=JOB_LOCATION)
+def export_me():
+    """Build a JSON document of my profile, posts, followers and following, as a job;
+    download it from /jobs/{id}/result when the job has succeeded."""
+    return accepted(jobs.create(JobKind.EXPORT_USER, current_user.id))
 
 
 @blp.route("/<id:user_id>")

@@ -1,0 +1,55 @@
+"""/api/v1/jobs: follow the long work you started."""
+
+from __future__ import annotations
+
+from flask import Response
+from flask_jwt_extended import current_user
+
+from app.api import ApiBlueprint, PageArgsSchema, page_of
+from app.jobs import service
+from app.jobs.schemas import JobSchema
+
+blp = ApiBlueprint("jobs", __name__, url_prefix="/jobs", description="Background jobs: imports, exports, recounts")
+
+
+def accepted(job):
+    """202 + Location: how every endpoint that starts a job answers."""
+    from flask import url_for
+
+    return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+
+
+JOB_LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job to poll"}}
+
+
+@blp.route("")
+@blp.login_required()
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, page_of(JobSchema))
+def list_jobs(args):
+    """My jobs, newest first."""
+    return service.list_for(current_user.id, limit=args["limit"], cursor=args.get("cursor"))
+
+
+@blp.route("/<uuid:job_id>")
+@blp.login_required()
+@blp.response(200, JobSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+def get_job(job_id):
+    """A job's status and progress (its owner or an admin)."""
+    return service.get_for(current_user, job_id)
+
+
+@blp.route("/<uuid:job_id>/result")
+@blp.login_required()
+@blp.response(200, content_type="application/json", description="the job's result document")
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+def get_result(job_id):
+    """Download what a finished job made (an export). Owner only."""
+    file = service.result_of(current_user, job_id)
+    return Response(
+        file.content,
+        mimetype=file.content_type,
+        headers={"Content-Disposition": f'attachment; filename="{file.filename}"'},
+    )

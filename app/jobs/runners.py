@@ -1,0 +1,21 @@
+"""What each kind of job runs: the same service code the CLI calls."""
+
+from __future__ import annotations
+
+from app.models import JobKind
+from app.posts.imports import run_import
+from app.users.export import run_export
+from app.users.service import recount_counters
+
+
+def run_recount(tracker) -> None:
+    result = recount_counters(progress=tracker.checkpoint)
+    tracker.state.update(result)
+    tracker.checkpoint(result["users_checked"], result["users_checked"])
+
+
+RUNNERS = {
+    JobKind.IMPORT_POSTS: run_import,
+    JobKind.EXPORT_USER: run_export,
+    JobKind.RECOUNT: run_recount,
+}

@@ -1,0 +1,216 @@
+"""Jobs: long work recorded as rows, run by a worker (or inline by the CLI).
+
+A job is claimed with one conditional UPDATE that bumps its `attempt`; every progress
+write is guarded by that attempt, so a worker that lost its claim (presumed dead and
+replaced) cannot write any more. Work is committed batch by batch together with the
+progress, so a job that is run again after a crash resumes where the last commit left
+it, and a batch is never applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import OperationalError
+
+from app.errors import Conflict, NotFound
+from app.extensions import db
+from app.models import Job, JobFile, JobKind, JobStatus, User
+from app.pagination import Page, keyset_page
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int | None], None]
+
+
+class LostClaim(Exception):
+    """Another worker has taken this job over; stop without writing."""
+
+
+# -- creating and reading -------------------------------------------------------------
+
+
+def create(
+    kind: JobKind, owner_id: int | None, *, params: dict | None = None, upload: dict | None = None, queue: bool = True
+) -> Job:
+    """Record a queued job (and its input file), commit, then hand it to a worker
+    (unless `queue` is false: the CLI runs it in its own process)."""
+    job = Job(id=uuid.uuid4(), kind=kind.value, owner_id=owner_id, params=params or {})
+    db.session.add(job)
+    if upload:
+        db.session.add(JobFile(job_id=job.id, role="input", **upload))
+    db.session.commit()
+    if queue:
+        enqueue(job.id)
+    return job
+
+
+def enqueue(job_id: uuid.UUID) -> None:
+    """Queue the job; if the broker is down, the reaper queues it once it is back."""
+    try:
+        current_app.extensions["celery"].send_task("worker.tasks.run_job", args=[str(job_id)])
+    except Exception as exc:
+        log.error("could not queue job %s (%s); the reaper will", job_id, exc)
+
+
+def get_for(actor: User, job_id: uuid.UUID) -> Job:
+    """A job its owner or an admin may see; to anyone else it does not exist."""
+    job = db.session.get(Job, job_id)
+    if job is None or (job.owner_id != actor.id and not actor.is_admin):
+        raise NotFound(f"No job {job_id}.")
+    return job
+
+
+def list_for(owner_id: int, *, limit: int, cursor: str | None) -> Page:
+    stmt = select(Job).where(Job.owner_id == owner_id)
+    return keyset_page(stmt, [Job.created_at, Job.id], [datetime, uuid.UUID], limit=limit, cursor=cursor)
+
+
+def result_of(actor: User, job_id: uuid.UUID) -> JobFile:
+    """The downloadable result of one of my jobs (owner only, not even admins)."""
+    job = db.session.get(Job, job_id)
+    if job is None or job.owner_id != actor.id:
+        raise NotFound(f"No job {job_id}.")
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict(f"The job is {job.status}; its result is not ready.", errors={"status": [job.status]})
+    file = db.session.get(JobFile, (job_id, "result"))
+    if file is None:
+        raise NotFound("This job has no downloadable result.")
+    return file
+
+
+# -- running --------------------------------------------------------------------------
+
+
+@dataclass
+class Tracker:
+    """What a running job reports: progress and partial results, under its claim."""
+
+    job: Job
+    attempt: int
+    on_progress: Progress | None = None
+    state: dict = field(default_factory=dict)
+
+    def checkpoint(self, done: int, total: int | None = None) -> None:
+        """Write progress and state in the caller's transaction, then commit both."""
+        values = {"progress_done": done, "heartbeat_at": func.now(), "result": self.state}
+        if total is not None:
+            values["progress_total"] = total
+        claimed = db.session.execute(
+            update(Job).where(Job.id == self.job.id, Job.attempt == self.attempt).values(**values)
+        ).rowcount
+        if not claimed:
+            db.session.rollback()
+            raise LostClaim(str(self.job.id))
+        db.session.commit()
+        if self.on_progress:
+            self.on_progress(done, total if total is not None else self.job.progress_total)
+
+    def save_file(self, content: bytes, content_type: str, filename: str) -> None:
+        db.session.merge(
+            JobFile(job_id=self.job.id, role="result", content=content, content_type=content_type, filename=filename)
+        )
+
+
+def _stale_after() -> timedelta:
+    return timedelta(seconds=current_app.config["JOB_STALE_SECONDS"])
+
+
+def claim(job_id: uuid.UUID) -> Tracker | None:
+    """Take a queued job, or a running one whose worker stopped beating; else None."""
+    stale = datetime.now(UTC) - _stale_after()
+    attempt = db.session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(Job.status == JobStatus.QUEUED, (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < stale)),
+        )
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=Job.attempt + 1,
+            heartbeat_at=func.now(),
+            started_at=func.coalesce(Job.started_at, func.now()),
+        )
+        .returning(Job.attempt)
+    ).scalar()
+    db.session.commit()
+    if attempt is None:
+        return None
+    job = db.session.get(Job, job_id, populate_existing=True)
+    return Tracker(job, attempt, state=dict(job.result or {}))
+
+
+def run(job_id: uuid.UUID, on_progress: Progress | None = None) -> str | None:
+    """Claim and run a job to its end; returns its final status (None: not ours)."""
+    from app.jobs.runners import RUNNERS
+
+    tracker = claim(job_id)
+    if tracker is None:
+        log.info("job %s is not claimable (done, or running elsewhere)", job_id)
+        return None
+    tracker.on_progress = on_progress
+    try:
+        RUNNERS[JobKind(tracker.job.kind)](tracker)
+    except LostClaim:
+        log.warning("job %s was taken over by another worker; stopping", job_id)
+        return None
+    except OperationalError:
+        db.session.rollback()
+        _release(tracker)  # a transient database failure: let the retry claim it again
+        raise
+    except Exception as exc:
+        db.session.rollback()
+        log.exception("job %s failed", job_id)
+        _finish(tracker, JobStatus.FAILED, error={"type": type(exc).__name__, "detail": str(exc)[:2000]})
+        return JobStatus.FAILED.value
+    _finish(tracker, JobStatus.SUCCEEDED)
+    return JobStatus.SUCCEEDED.value
+
+
+def _finish(tracker: Tracker, status: JobStatus, error: dict | None = None) -> None:
+    db.session.execute(
+        update(Job)
+        .where(Job.id == tracker.job.id, Job.attempt == tracker.attempt)
+        .values(status=status, result=tracker.state, error=error, finished_at=func.now(), heartbeat_at=func.now())
+    )
+    db.session.commit()
+
+
+def _release(tracker: Tracker) -> None:
+    try:
+        db.session.execute(
+            update(Job).where(Job.id == tracker.job.id, Job.attempt == tracker.attempt).values(status=JobStatus.QUEUED)
+        )
+        db.session.commit()
+    except OperationalError:
+        db.session.rollback()  # the database is gone; the reaper will find the job stale
+
+
+def requeue_stale() -> int:
+    """Queue again the jobs nobody is running: queued for a while (the message was
+    lost) or running without a heartbeat (the worker died). Returns how many."""
+    now = datetime.now(UTC)
+    # a queued job may rightly wait behind others: give it longer before calling it lost,
+    # and note when it was queued again so the next pass leaves it alone
+    lost = db.session.scalars(
+        update(Job)
+        .where(
+            Job.status == JobStatus.QUEUED,
+            func.coalesce(Job.heartbeat_at, Job.created_at) < now - 5 * _stale_after(),
+        )
+        .values(heartbeat_at=func.now())
+        .returning(Job.id)
+    ).all()
+    abandoned = db.session.scalars(
+        select(Job.id).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < now - _stale_after())
+    ).all()
+    db.session.commit()
+    for job_id in [*lost, *abandoned]:
+        enqueue(job_id)
+    return len(lost) + len(abandoned)
