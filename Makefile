@@ -10,7 +10,7 @@ export FLASK_APP := wsgi:app
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint format services-up services-down reset clean
+.PHONY: run test bench-import lint format services-up services-down reset clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ run: $(BIN)/.installed
 ## test: the whole suite against real PostgreSQL and Redis, with branch coverage
 test: $(BIN)/.installed
 	$(SERVICES) $(BIN)/python -m pytest --cov --cov-report=term-missing $(PYTEST_ARGS)
+
+## bench-import: the import job's lines/s beside a raw COPY of the same rows
+bench-import: $(BIN)/.installed
+	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/python bench/import_throughput.py $(LINES)'
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

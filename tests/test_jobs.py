@@ -232,3 +232,28 @@ def test_cli_import_recount_and_list(app, tmp_path):
     assert "import_posts" in listing and "recount" in listing and "writer" in listing
     missing = runner.invoke(args=["jobs", "import-posts", str(path), "--user", "nobody"])
     assert missing.exit_code != 0
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"external_id": "a", "title": "t", "body": "b"},
+        {"external_id": "a", "title": "t" * 200, "body": "b" * 20000},
+        {"external_id": "a", "title": "t" * 201, "body": "b"},
+        {"external_id": "a" * 101, "title": "t", "body": "b"},
+        {"external_id": "a", "title": " ", "body": "b"},
+        {"external_id": "a", "title": "", "body": "b"},
+        {"external_id": "a", "title": "t\x00", "body": "b"},
+        {"external_id": 1, "title": "t", "body": "b"},
+        {"external_id": "a", "title": "t"},
+        {"external_id": "a", "title": "t", "body": "b", "extra": 1},
+        {"external_id": "a", "title": None, "body": "b"},
+        ["a", "t", "b"],
+    ],
+)
+def test_the_quick_line_check_never_accepts_what_the_schema_refuses(record):
+    from app.posts.imports import ImportLineSchema, plainly_valid
+
+    if plainly_valid(record):
+        assert ImportLineSchema().validate(record) == {}
+    assert plainly_valid(record) == (isinstance(record, dict) and ImportLineSchema().validate(record) == {})

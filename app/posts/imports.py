@@ -1,6 +1,6 @@
 """Bulk import of posts from JSON Lines or CSV, run as a job.
 
-Valid lines go in with one INSERT per batch of 1,000 (three arrays unnested server-side),
+Valid lines go in with one INSERT per batch of 5,000 (three arrays unnested server-side),
 skipping (author, external_id) pairs that exist: running the same file twice, or
 resuming a job after a crash, creates no duplicate. Each batch commits together with the
 job's progress and its error report, so a resumed job starts after the last batch.
@@ -26,7 +26,7 @@ from app.models import JobFile
 from app.posts.schemas import BODY, TITLE, _not_blank
 from app.users.service import bump_counters
 
-BATCH = 1000
+BATCH = 5000  # lines per INSERT and per commit: each commit costs an fsync
 MAX_REPORTED_ERRORS = 1000
 FORMATS = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
 CSV_COLUMNS = ["external_id", "title", "body"]
@@ -43,10 +43,31 @@ SELECT count(*) FROM inserted
 """)
 
 
+EXTERNAL_ID = validate.Length(min=1, max=100)
+
+
 class ImportLineSchema(StrictSchema):
-    external_id = ma.fields.String(required=True, validate=[validate.Length(min=1, max=100), _not_blank])
+    external_id = ma.fields.String(required=True, validate=[EXTERNAL_ID, _not_blank])
     title = ma.fields.String(required=True, validate=[TITLE, _not_blank])
     body = ma.fields.String(required=True, validate=[BODY, _not_blank])
+
+
+_LIMITS = {"external_id": EXTERNAL_ID.max, "title": TITLE.max, "body": BODY.max}
+
+
+def plainly_valid(record) -> bool:
+    """A quick yes for the common line that ImportLineSchema would accept as it is.
+
+    Marshmallow costs ~20 us a line, as much as the INSERT itself; lines this says no
+    to go through the schema, which decides and words the error.
+    """
+    if type(record) is not dict or record.keys() != _LIMITS.keys():
+        return False
+    for name, limit in _LIMITS.items():
+        value = record[name]
+        if type(value) is not str or not 0 < len(value) <= limit or not value.strip() or "\x00" in value:
+            return False
+    return True
 
 
 def detect_format(filename: str, content_type: str, declared: str | None) -> str:
@@ -147,6 +168,8 @@ def run_import(tracker) -> None:
             continue
         if isinstance(record, str):
             _report(state, number, {"_line": [record]})
+        elif plainly_valid(record):
+            batch.append(record)
         elif errors := schema.validate(record):
             _report(state, number, errors)
         else:
