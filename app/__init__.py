@@ -92,6 +92,10 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _UPLOADS = {"posts.import_posts": "IMPORT_MAX_BYTES"}
 
 
+def _has_body() -> bool:
+    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+
+
 def _register_request_hooks(app: Flask) -> None:
     @app.before_request
     def _take_request_id():
@@ -106,7 +110,7 @@ def _register_request_hooks(app: Flask) -> None:
             request.max_content_length = app.config[_UPLOADS[request.endpoint]]
             if request.mimetype != "multipart/form-data":
                 raise UnsupportedMediaType("Upload the file as multipart/form-data.")
-        elif request.method in _BODY_METHODS and request.content_length and not request.is_json:
+        elif request.method in _BODY_METHODS and _has_body() and not request.is_json:
             raise UnsupportedMediaType("Send the body as application/json.")
 
     @app.after_request
@@ -120,4 +124,7 @@ def _register_request_hooks(app: Flask) -> None:
             response.headers["Cache-Control"] = "no-store"
         if response.status_code == 204:
             response.headers.pop("Content-Type", None)
+        if response.status_code not in (429, 503):
+            # Flask-Limiter adds Retry-After to every limited response; it means "wait" only here
+            response.headers.pop("Retry-After", None)
         return response

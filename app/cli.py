@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 import secrets
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import func, insert, select
 
@@ -106,7 +107,8 @@ def _sentence(rng: random.Random, n: int) -> str:
 def seed(n_users: int, n_posts: int, n_follows: int, demo: bool, rng_seed: int) -> None:
     """Load generated users (user<N>), posts and follows in bulk; all share one password."""
     if demo and db.session.scalar(select(func.count()).select_from(User)):
-        click.echo("demo data already loaded (`make reset` starts over); logins: instance/demo-logins.txt")
+        path = Path(current_app.instance_path) / "demo-logins.txt"
+        click.echo(f"demo data already loaded (`make reset` starts over); logins: {path}")
         return
     rng = random.Random(rng_seed)
     password = secrets.token_urlsafe(12)
@@ -139,6 +141,7 @@ def seed(n_users: int, n_posts: int, n_follows: int, demo: bool, rng_seed: int) 
     click.echo(f"seeded {n_users} users, {n_users * n_posts} posts, {len(follows)} follows")
     if n_users:
         logins.append(f"users: login=user{first} .. user{first + n_users - 1} password={password}")
+    click.echo("\nLogins:\n  " + "\n  ".join(logins))
     if demo:
         _remember_demo_logins(logins)
 
@@ -188,16 +191,12 @@ def _follow_rows(rng: random.Random, follower_ids: list[int], everyone: list[int
 
 
 def _remember_demo_logins(logins: list[str]) -> None:
-    """Print the demo logins and keep them in instance/ (readable by the owner only)."""
-    from pathlib import Path
-
-    from flask import current_app
-
+    """Keep the demo logins in the instance folder, readable by the owner only."""
     path = Path(current_app.instance_path) / "demo-logins.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(logins) + "\n")
     path.chmod(0o600)
-    click.echo("\nDemo logins (kept in instance/demo-logins.txt):\n  " + "\n  ".join(logins))
+    click.echo(f"(kept in {path})")
 
 
 cache_cli = AppGroup("cache", help="The Redis cache of public profiles and posts.")

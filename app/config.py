@@ -98,6 +98,7 @@ def load(overrides: dict | None = None) -> dict:
         "RATELIMIT_REGISTER_PER_IP": os.environ.get("RATELIMIT_REGISTER_PER_IP", "10 per hour"),
         "RATELIMIT_REFRESH_PER_SESSION": os.environ.get("RATELIMIT_REFRESH_PER_SESSION", "10 per minute"),
         "RATELIMIT_PASSWORD_PER_USER": os.environ.get("RATELIMIT_PASSWORD_PER_USER", "5 per minute"),
+        "RATELIMIT_IMPORT_PER_USER": os.environ.get("RATELIMIT_IMPORT_PER_USER", "20 per hour"),
         "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", redis_url),
         "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND", redis_url),
         # JWT: algorithm pinned, header only, short access tokens

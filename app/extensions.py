@@ -52,6 +52,22 @@ class ProblemApi(Api):
         register_problem_responses(self)
 
 
+class CountingConnection(redis.Connection):
+    """A Redis connection that counts (re)connects, process-wide.
+
+    redis-py quietly replaces a pooled connection the server closed, so a Redis restart
+    raises no error a caller could see; a new connection is the sign. The revocation
+    check re-reads the server's run_id whenever this count has moved.
+    """
+
+    connects = 0
+
+    def on_connect_check_health(self, *args, **kwargs):
+        # redis-py 7 runs this after every (re)connect (on_connect is not always called)
+        super().on_connect_check_health(*args, **kwargs)
+        CountingConnection.connects += 1
+
+
 class RedisStore:
     """The app's Redis client, with short timeouts so a hung Redis never hangs a request.
 
@@ -68,8 +84,10 @@ class RedisStore:
     @staticmethod
     def _connect(app, url: str) -> redis.Redis:
         timeout = app.config["REDIS_SOCKET_TIMEOUT"]
+        tcp = {"connection_class": CountingConnection} if url.startswith("redis://") else {}
         return redis.Redis.from_url(
             url,
+            **tcp,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=30,

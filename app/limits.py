@@ -8,7 +8,7 @@ the Limiter is per app, and so is its storage.
 
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_jwt_extended import decode_token
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -33,16 +33,24 @@ def _token_claim(claim: str):
     return key
 
 
+def _setting(name: str):
+    """The limit as the config says now (read per request, so it can be changed live)."""
+    return lambda: current_app.config[name]
+
+
+RULES = [
+    ("auth.login", "RATELIMIT_LOGIN_PER_IP", get_remote_address, "login-ip"),
+    ("auth.login", "RATELIMIT_LOGIN_PER_NAME", _login_name, "login-name"),
+    ("auth.register", "RATELIMIT_REGISTER_PER_IP", get_remote_address, "register-ip"),
+    ("auth.refresh", "RATELIMIT_REFRESH_PER_SESSION", _token_claim("sid"), "refresh-session"),
+    ("auth.change_password", "RATELIMIT_PASSWORD_PER_USER", _token_claim("sub"), "password-user"),
+    ("posts.import_posts", "RATELIMIT_IMPORT_PER_USER", _token_claim("sub"), "import-user"),
+]
+
+
 def init_limits(app: Flask) -> Limiter:
-    cfg = app.config
     limiter = Limiter(get_remote_address, app=app)
-    rules = [
-        ("auth.login", cfg["RATELIMIT_LOGIN_PER_IP"], get_remote_address, "login-ip"),
-        ("auth.login", cfg["RATELIMIT_LOGIN_PER_NAME"], _login_name, "login-name"),
-        ("auth.register", cfg["RATELIMIT_REGISTER_PER_IP"], get_remote_address, "register-ip"),
-        ("auth.refresh", cfg["RATELIMIT_REFRESH_PER_SESSION"], _token_claim("sid"), "refresh-session"),
-        ("auth.change_password", cfg["RATELIMIT_PASSWORD_PER_USER"], _token_claim("sub"), "password-user"),
-    ]
-    for endpoint, limit, key, scope in rules:
-        app.view_functions[endpoint] = limiter.limit(limit, key_func=key, scope=scope)(app.view_functions[endpoint])
+    for endpoint, setting, key, scope in RULES:
+        limited = limiter.limit(_setting(setting), key_func=key, scope=scope)
+        app.view_functions[endpoint] = limited(app.view_functions[endpoint])
     return limiter

@@ -18,13 +18,13 @@ def bearer(tokens: dict) -> dict:
 
 def test_admin_lists_every_user_with_email_and_status(client, login):
     admin = AdminFactory()
-    hidden = UserFactory(is_active=False)
+    hidden = UserFactory(is_active=False, email="Hidden.Person@example.org")
     body = client.get(ADMIN_USERS, headers=login(admin)).get_json()
     by_id = {u["id"]: u for u in body["items"]}
     assert by_id[hidden.id]["email"] == hidden.email
     assert by_id[hidden.id]["is_active"] is False
     assert by_id[admin.id]["role"] == "admin"
-    found = client.get(f"{ADMIN_USERS}?q={hidden.email[:6].upper()}", headers=login(admin)).get_json()["items"]
+    found = client.get(f"{ADMIN_USERS}?q=HIDDEN.P", headers=login(admin)).get_json()["items"]
     assert [u["id"] for u in found] == [hidden.id]
 
 

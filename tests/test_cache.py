@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from app import cache, create_app
+from app.extensions import RedisStore
 from tests.conftest import open_session
 from tests.factories import PostFactory, UserFactory
 from tests.redis_server import RedisServer
@@ -130,7 +128,7 @@ def cache_redis(app, monkeypatch):
     monkeypatch.setitem(
         app.extensions,
         "cache_redis",
-        redis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)),
+        RedisStore._connect(app, server.url),
     )
     monkeypatch.setitem(app.extensions, "cache_scripts", {})
     yield server

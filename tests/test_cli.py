@@ -52,6 +52,7 @@ def test_create_admin_refuses_bad_input_and_taken_names(app):
 def test_seed_loads_users_posts_follows_with_true_counters(app):
     result = app.test_cli_runner().invoke(args=["seed", "--users", "30", "--posts", "3", "--follows", "4"])
     assert result.exit_code == 0, result.output
+    assert "users: login=user" in result.output and "password=" in result.output
     assert (count(User), count(Post), count(Follow)) == (30, 90, 120)
     db.session.expire_all()
     for user in db.session.scalars(select(User)):

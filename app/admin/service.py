@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select
 
 from app import cache
@@ -10,7 +13,7 @@ from app.errors import Forbidden, NotFound, ValidationFailed
 from app.extensions import db
 from app.models import User
 from app.pagination import Page, keyset_page
-from app.users.service import escape_like, invalidate_author_posts_later
+from app.users.service import escape_like, invalidate_author_posts, invalidate_author_posts_later
 
 
 def require_admin(actor: User) -> None:
@@ -59,8 +62,10 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
     user.updated_at = func.now()
     db.session.commit()
     cache.invalidate(cache.profile_key(user_id))
-    if is_active is not None:
-        invalidate_author_posts_later(user_id)  # their posts appear or vanish
+    if is_active is not None:  # their posts appear or vanish: drop them now, and again soon
+        with contextlib.suppress(RedisError):  # the worker's pass below retries
+            invalidate_author_posts(user_id)
+        invalidate_author_posts_later(user_id)
     if is_active is False:
         revoke_all_sessions(user_id, reason="deactivated")
     return db.session.get(User, user_id)

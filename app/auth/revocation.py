@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import delete, exists, or_, select
 from sqlalchemy.dialects.postgresql import insert
 
-from app.extensions import db, redis_store
+from app.extensions import CountingConnection, db, redis_store
 from app.models import AuthSession, RevokedToken
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,15 @@ def _ttl(expires_at: datetime) -> int:
 # -- the check ------------------------------------------------------------------------
 
 
-# run_id of the Redis server this process talks to; forgotten on any Redis error, since
-# a restart shows up as a dropped connection
-_server = {"run_id": None}
+# run_id of the Redis server this process talks to, read again after any Redis error or
+# any new connection (a restarted server shows up as one of the two)
+_server = {"run_id": None, "connects": -1}
 
 
 def _run_id(client) -> str:
-    if _server["run_id"] is None:
+    if _server["run_id"] is None or _server["connects"] != CountingConnection.connects:
         _server["run_id"] = client.info("server")["run_id"]
+        _server["connects"] = CountingConnection.connects
     return _server["run_id"]
 
 

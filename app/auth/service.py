@@ -89,7 +89,8 @@ def authenticate(login: str, password: str) -> User:
     if not verify_password(user, password):
         raise Unauthorized("Wrong login or password.")
     if not user.is_active:
-        raise Unauthorized("This account is deactivated.")
+        # the same answer as a wrong password: no confirmation that this one was right
+        raise Unauthorized("Wrong login or password.")
     return user
 
 

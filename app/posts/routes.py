@@ -74,6 +74,7 @@ def delete_post(post_id):
 
 
 @blp.route("/posts/import", methods=["POST"])
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
 @blp.login_required()
 @blp.arguments(ImportFileSchema, location="files")
 @blp.arguments(ImportFormSchema, location="form")

@@ -42,10 +42,10 @@ def run_export(tracker) -> None:
         tracker.checkpoint(done, total)
     summary = UserSummarySchema(many=True)
     followers = db.session.scalars(
-        select(User).join(Follow, Follow.follower_id == User.id).where(Follow.followed_id == user.id)
+        select(User).join(Follow, Follow.follower_id == User.id).where(Follow.followed_id == user.id, User.is_active)
     ).all()
     following = db.session.scalars(
-        select(User).join(Follow, Follow.followed_id == User.id).where(Follow.follower_id == user.id)
+        select(User).join(Follow, Follow.followed_id == User.id).where(Follow.follower_id == user.id, User.is_active)
     ).all()
     document = {
         "exported_at": datetime.now(UTC).isoformat(),
