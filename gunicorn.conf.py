@@ -13,8 +13,21 @@ graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.environ.get("WEB_KEEPALIVE", "5"))
 max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "10000"))
 max_requests_jitter = int(os.environ.get("WEB_MAX_REQUESTS_JITTER", "1000"))
-accesslog = os.environ.get("WEB_ACCESS_LOG", "-")
+# the app logs one JSON line per request (with its request id); no second access log
+accesslog = os.environ.get("WEB_ACCESS_LOG") or None
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # the app is imported in each worker after fork: no connection pool is shared across forks
 preload_app = False
+
+# /metrics adds up every worker's numbers: prometheus-client's multiprocess mode
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="postboard-metrics-")
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import uuid
@@ -15,6 +14,7 @@ from app import config as config_module
 from app.api import register_id_converter
 from app.errors import UnsupportedMediaType
 from app.extensions import ProblemApi, db, jwt, migrate, redis_store
+from app.logs import configure_logging, register_request_logging
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_path=os.environ.get("INSTANCE_DIR") or str(_ROOT / "instance"))
     app.config.update(config_module.load(config))
     app.json.sort_keys = False
-    logging.basicConfig(level=app.config["LOG_LEVEL"])
+    configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     if app.config["TRUSTED_PROXY_COUNT"]:
         hops = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
@@ -54,6 +54,11 @@ def create_app(config: dict | None = None) -> Flask:
         api.register_blueprint(blueprint, url_prefix=f"/api/v1{blueprint.url_prefix or ''}")
     api.register_blueprint(health_blp)
     _register_request_hooks(app)
+    register_request_logging(app)
+
+    from app.metrics import init_metrics
+
+    init_metrics(app)
 
     from app.limits import init_limits
 

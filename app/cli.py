@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
-from sqlalchemy import func, insert, select
+from flask_migrate.cli import db as db_cli
+from sqlalchemy import func, insert, select, text
 
 from app import cache
 from app.admin import service as admin
@@ -197,6 +198,31 @@ def _remember_demo_logins(logins: list[str]) -> None:
     path.write_text("\n".join(logins) + "\n")
     path.chmod(0o600)
     click.echo(f"(kept in {path})")
+
+
+@db_cli.command("pool-status")
+def pool_status() -> None:
+    """The pool settings, and PostgreSQL's own count of the connections open to it.
+
+    A CLI process has a pool of its own; what the web processes' pools hold shows in
+    PostgreSQL (by application name) and, per process, on /metrics.
+    """
+    options = current_app.config["SQLALCHEMY_ENGINE_OPTIONS"]
+    click.echo(
+        f"pool per process: size {options['pool_size']}, max overflow {options['max_overflow']}, "
+        f"timeout {options['pool_timeout']} s, recycle {options['pool_recycle']} s"
+    )
+    click.echo(f"this process: {db.engine.pool.status()}")
+    rows = db.session.execute(
+        text(
+            "SELECT coalesce(nullif(application_name, ''), '?') AS app, coalesce(state, '?') AS state, count(*) "
+            "FROM pg_stat_activity WHERE datname = current_database() GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    ).all()
+    limit = db.session.scalar(text("SHOW max_connections"))
+    click.echo(f"server connections to this database (max_connections {limit}):")
+    for app_name, state, count in rows:
+        click.echo(f"  {app_name:<24} {state:<20} {count}")
 
 
 cache_cli = AppGroup("cache", help="The Redis cache of public profiles and posts.")

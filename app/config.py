@@ -75,6 +75,10 @@ def load(overrides: dict | None = None) -> dict:
         "REDIS_URL": redis_url,
         "REDIS_SOCKET_TIMEOUT": _float("REDIS_SOCKET_TIMEOUT", 0.5),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO").upper(),
+        # json (one object per line, for log shippers) or text (for a terminal)
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
+        # /metrics answers only with `Authorization: Bearer <METRICS_TOKEN>`; off when unset
+        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN", ""),
         # the profile/post cache: may be its own Redis (an LRU one) in production
         "CACHE_REDIS_URL": os.environ.get("CACHE_REDIS_URL", redis_url),
         "CACHE_TTL_SECONDS": _int("CACHE_TTL_SECONDS", 300),

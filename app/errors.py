@@ -129,6 +129,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(PoolTimeoutError)
     def _pool_exhausted(error):
+        from app.metrics import POOL_TIMEOUTS
+
+        POOL_TIMEOUTS.inc()
         log.warning("database pool exhausted: %s", error)
         return _unavailable("The service is busy; no database connection was free. Retry shortly.")
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from celery import Celery, Task
 from celery.schedules import crontab
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import (
+    before_task_publish,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_ready,
+)
 from flask import Flask
 
 # longer than the longest job, or Redis redelivers a running task to a second worker
@@ -61,6 +68,7 @@ def make_celery(flask_app: Flask) -> Celery:
         },
     )
     flask_app.extensions["celery"] = celery
+    _carry_request_ids(flask_app)
 
     @worker_ready.connect(weak=False)
     def _pick_up_abandoned_jobs(**_kwargs):
@@ -76,6 +84,32 @@ def make_celery(flask_app: Flask) -> Celery:
             db.engine.dispose(close=False)
 
     return celery
+
+
+def _carry_request_ids(flask_app: Flask) -> None:
+    """The id of the request that queued a task goes with it and into its log lines."""
+    from app.logs import configure_logging, current_request_id, task_request_id
+
+    @before_task_publish.connect(weak=False)
+    def _stamp(headers=None, **_kwargs):
+        request_id = current_request_id()
+        if headers is not None and request_id and "request_id" not in headers:
+            headers["request_id"] = request_id
+
+    @task_prerun.connect(weak=False)
+    def _enter(task=None, **_kwargs):
+        task.request_id_token = task_request_id.set(getattr(task.request, "request_id", None))
+
+    @task_postrun.connect(weak=False)
+    def _leave(task=None, **_kwargs):
+        token = getattr(task, "request_id_token", None)
+        if token is not None:
+            task_request_id.reset(token)
+
+    @setup_logging.connect(weak=False)
+    def _our_logging(**_kwargs):
+        # Celery would install its own handlers; the worker logs as the web does
+        configure_logging(flask_app.config["LOG_LEVEL"], flask_app.config["LOG_FORMAT"])
 
 
 def __getattr__(name: str):

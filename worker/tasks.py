@@ -55,7 +55,9 @@ def invalidate_cache(keys: list[str]) -> None:
 @shared_task(name="worker.tasks.invalidate_author_posts", **RETRY)
 def invalidate_author_posts(user_id: int) -> int:
     """Drop every cached post of a user whose name (or status) changed."""
-    return users.invalidate_author_posts(user_id)
+    count = users.invalidate_author_posts(user_id)
+    log.info("cached posts of user %s dropped", user_id, extra={"posts": count})
+    return count
 
 
 @shared_task(name="worker.tasks.run_job", **RETRY)

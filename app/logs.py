@@ -1,0 +1,74 @@
+"""Logs as JSON lines, one per request, carrying the request id into Celery tasks.
+
+A request's id (X-Request-ID) is put in the headers of every task it queues; the worker
+puts it back in the log context while the task runs, so one id follows the work from
+the HTTP request to the tasks it caused.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from contextvars import ContextVar
+
+from flask import Flask, g, has_request_context, request
+from pythonjsonlogger.json import JsonFormatter
+
+task_request_id: ContextVar[str | None] = ContextVar("task_request_id", default=None)
+log = logging.getLogger("app.request")
+
+
+def current_request_id() -> str | None:
+    if has_request_context():
+        return g.get("request_id")
+    return task_request_id.get()
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = current_request_id()
+        return True
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Send every log record to stdout, as JSON (LOG_FORMAT=json) or as text."""
+    handler = logging.StreamHandler(sys.stdout)
+    if fmt == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def register_request_logging(app: Flask) -> None:
+    @app.before_request
+    def _start_clock():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _log_request(response):
+        started = g.get("started")
+        claims = g.get("_jwt_extended_jwt") or {}
+        log.info(
+            "request",
+            extra={
+                "request_id": g.get("request_id"),
+                "method": request.method,
+                "route": request.url_rule.rule if request.url_rule else None,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+                "user_id": claims.get("sub"),
+            },
+        )
+        return response
