@@ -208,10 +208,13 @@ def pool_status() -> None:
     PostgreSQL (by application name) and, per process, on /metrics.
     """
     options = current_app.config["SQLALCHEMY_ENGINE_OPTIONS"]
-    click.echo(
-        f"pool per process: size {options['pool_size']}, max overflow {options['max_overflow']}, "
-        f"timeout {options['pool_timeout']} s, recycle {options['pool_recycle']} s"
-    )
+    if current_app.config["DB_PGBOUNCER"]:
+        click.echo("no pool in the app (DB_PGBOUNCER): PgBouncer pools the connections")
+    else:
+        click.echo(
+            f"pool per process: size {options['pool_size']}, max overflow {options['max_overflow']}, "
+            f"timeout {options['pool_timeout']} s, recycle {options['pool_recycle']} s"
+        )
     click.echo(f"this process: {db.engine.pool.status()}")
     rows = db.session.execute(
         text(

@@ -42,6 +42,34 @@ def database_url(raw: str) -> str:
     return raw
 
 
+def engine_options(behind_pgbouncer: bool) -> dict:
+    """SQLAlchemy engine settings: our own pool, or none behind PgBouncer.
+
+    In PgBouncer's transaction pooling a server connection serves another client after
+    every transaction, so nothing may rely on session state: no client-side pool (PgBouncer
+    is the pool) and no startup `options` (PgBouncer refuses them; set statement_timeout
+    on the database role instead: ALTER ROLE ... SET statement_timeout = '15s').
+    """
+    connect_args = {
+        "connect_timeout": _int("DB_CONNECT_TIMEOUT", 3),
+        "application_name": os.environ.get("DB_APPLICATION_NAME", "postboard"),
+    }
+    if behind_pgbouncer:
+        from sqlalchemy.pool import NullPool
+
+        return {"poolclass": NullPool, "connect_args": connect_args}
+    # a runaway query never holds a connection past the request budget
+    connect_args["options"] = f"-c statement_timeout={_int('DB_STATEMENT_TIMEOUT_MS', 15000)}"
+    return {
+        "pool_size": _int("DB_POOL_SIZE", 10),
+        "max_overflow": _int("DB_MAX_OVERFLOW", 10),
+        "pool_timeout": _int("DB_POOL_TIMEOUT", 5),
+        "pool_recycle": _int("DB_POOL_RECYCLE", 1800),
+        "pool_pre_ping": True,
+        "connect_args": connect_args,
+    }
+
+
 def load(overrides: dict | None = None) -> dict:
     """Build the Flask config for APP_ENV, then apply `overrides` (used by tests)."""
     env = (overrides or {}).get("APP_ENV") or os.environ.get("APP_ENV", "development")
@@ -49,7 +77,7 @@ def load(overrides: dict | None = None) -> dict:
         raise ConfigError(f"APP_ENV must be development, test or production, got {env!r}")
     # settings derived from REDIS_URL follow an overridden one too
     redis_url = (overrides or {}).get("REDIS_URL") or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    pool_timeout = _int("DB_POOL_TIMEOUT", 5)
+    behind_pgbouncer = os.environ.get("DB_PGBOUNCER", "").lower() in {"1", "true", "yes", "on"}
     cfg = {
         "APP_ENV": env,
         "TESTING": env == "test",
@@ -57,19 +85,8 @@ def load(overrides: dict | None = None) -> dict:
         "SQLALCHEMY_DATABASE_URI": database_url(
             os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postboard")
         ),
-        "SQLALCHEMY_ENGINE_OPTIONS": {
-            "pool_size": _int("DB_POOL_SIZE", 10),
-            "max_overflow": _int("DB_MAX_OVERFLOW", 10),
-            "pool_timeout": pool_timeout,
-            "pool_recycle": _int("DB_POOL_RECYCLE", 1800),
-            "pool_pre_ping": True,
-            "connect_args": {
-                "connect_timeout": _int("DB_CONNECT_TIMEOUT", 3),
-                "application_name": os.environ.get("DB_APPLICATION_NAME", "postboard"),
-                # a runaway query never holds a connection past the request budget
-                "options": f"-c statement_timeout={_int('DB_STATEMENT_TIMEOUT_MS', 15000)}",
-            },
-        },
+        "DB_PGBOUNCER": behind_pgbouncer,
+        "SQLALCHEMY_ENGINE_OPTIONS": engine_options(behind_pgbouncer),
         "SQLALCHEMY_RECORD_QUERIES": False,
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
         "REDIS_URL": redis_url,
