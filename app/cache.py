@@ -18,6 +18,8 @@ import logging
 from flask import current_app
 from redis.exceptions import RedisError
 
+from app import queue
+
 log = logging.getLogger(__name__)
 
 HITS = "cache:stats:hits"
@@ -81,10 +83,10 @@ def invalidate(*keys: str) -> None:
         delete_now(keys)
     except RedisError as exc:
         log.warning("cache invalidation failed (%s); queueing a retry", exc)
-        try:
-            current_app.extensions["celery"].send_task("worker.tasks.invalidate_cache", args=[list(keys)])
-        except Exception as queue_exc:  # the broker may share the outage
-            log.error("could not queue the cache invalidation (%s); stale for at most the TTL", queue_exc)
+        if current_app.config["CACHE_REDIS_URL"] == current_app.config["CELERY_BROKER_URL"]:
+            queue.mark_broker_down()  # the same Redis just failed: don't wait on it again
+        if not queue.send("worker.tasks.invalidate_cache", [list(keys)]):
+            log.error("cache invalidation not queued; %s may be stale for at most the TTL", keys)
 
 
 def delete_now(keys) -> None:

@@ -121,7 +121,9 @@ def load(overrides: dict | None = None) -> dict:
         "RATELIMIT_PASSWORD_PER_USER": os.environ.get("RATELIMIT_PASSWORD_PER_USER", "5 per minute"),
         "RATELIMIT_IMPORT_PER_USER": os.environ.get("RATELIMIT_IMPORT_PER_USER", "20 per hour"),
         "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", redis_url),
-        "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND", redis_url),
+        # none by default: nothing reads task results (a job's outcome is its row), and a
+        # result backend that is down would stall every task a request queues
+        "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND") or None,
         # JWT: algorithm pinned, header only, short access tokens
         "JWT_SECRET_KEY": os.environ.get("JWT_SECRET_KEY", DEV_SECRET),
         "JWT_ALGORITHM": "HS256",

@@ -70,7 +70,6 @@ def app(test_db_url):
             "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(hide_password=False),
             "REDIS_URL": redis_url,
             "CELERY_BROKER_URL": redis_url,
-            "CELERY_RESULT_BACKEND": redis_url,
         }
     )
     with app.app_context():
@@ -103,6 +102,24 @@ def _transaction(request, app):
             db.session = original
             outer.rollback()
             connection.close()
+
+
+@pytest.fixture
+def committed(app):
+    """For tests whose data other processes must see: they commit for real; wiped after."""
+    yield
+    with app.app_context():
+        db.session.remove()
+        db.session.execute(text("TRUNCATE users, revoked_tokens CASCADE"))
+        db.session.commit()
+
+
+@pytest.fixture(autouse=True)
+def _broker_not_marked_down():
+    """A test that stopped Redis must not leave the next one unable to queue tasks."""
+    from app import queue
+
+    queue._broker["down_until"] = 0.0
 
 
 @pytest.fixture

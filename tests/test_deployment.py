@@ -12,22 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
-from app.extensions import db
 from tests.factories import PASSWORD
 from tests.processes import Web, Worker, free_port, http, service_env
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def committed(app):
-    yield
-    with app.app_context():
-        db.session.remove()
-        db.session.execute(text("TRUNCATE users CASCADE"))
-        db.session.commit()
 
 
 def register_and_log_in(base: str, name: str) -> dict:

@@ -14,7 +14,6 @@ import time
 
 import psycopg2
 import pytest
-from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from app import create_app
@@ -82,7 +81,7 @@ def _user_exists(name: str) -> bool:
 
 
 @pytest.mark.no_transaction
-def test_smoke_paths_through_pgbouncer(app, pgbouncer):
+def test_smoke_paths_through_pgbouncer(app, committed, pgbouncer):
     behind = create_app(
         {
             "APP_ENV": "test",
@@ -93,36 +92,28 @@ def test_smoke_paths_through_pgbouncer(app, pgbouncer):
         }
     )
     client = behind.test_client()
-    try:
-        with behind.app_context():
-            assert isinstance(db.engine.pool, NullPool)
-        for name in ("bouncer1", "bouncer2"):
-            body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
-            assert client.post("/api/v1/auth/register", json=body).status_code == 201
-        pair = client.post("/api/v1/auth/login", json={"login": "bouncer1", "password": PASSWORD}).get_json()
-        headers = {"Authorization": f"Bearer {pair['access_token']}"}
-        other = client.get("/api/v1/users?q=bouncer2").get_json()["items"][0]["id"]
-        assert client.put(f"/api/v1/users/{other}/follow", headers=headers).status_code == 204
-        created = client.post("/api/v1/posts", json={"title": "Via PgBouncer", "body": "pooled"}, headers=headers)
-        assert created.status_code == 201
-        etag = created.headers["ETag"]
-        post_url = created.headers["Location"]
-        assert (
-            client.patch(post_url, json={"title": "Edited"}, headers={**headers, "If-Match": etag}).status_code == 200
-        )
-        assert client.get("/api/v1/posts?q=pooled").get_json()["items"][0]["title"] == "Edited"
-        assert client.get(f"/api/v1/users/{other}/followers").status_code == 200
-        assert client.get("/api/v1/feed", headers=headers).status_code == 200
-        refreshed = client.post("/api/v1/auth/refresh", headers={"Authorization": f"Bearer {pair['refresh_token']}"})
-        assert refreshed.status_code == 200
-        export = client.post("/api/v1/users/me/export", headers=headers).get_json()
-        with behind.app_context():
-            assert jobs.run(export["id"]) == "succeeded"
-        assert client.post("/api/v1/auth/logout", headers=headers).status_code == 204
-        assert client.get("/api/v1/users/me", headers=headers).status_code == 401
-        assert client.get("/readyz").status_code == 200
-    finally:
-        with app.app_context():
-            db.session.remove()
-            db.session.execute(text("TRUNCATE users CASCADE"))
-            db.session.commit()
+    with behind.app_context():
+        assert isinstance(db.engine.pool, NullPool)
+    for name in ("bouncer1", "bouncer2"):
+        body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
+        assert client.post("/api/v1/auth/register", json=body).status_code == 201
+    pair = client.post("/api/v1/auth/login", json={"login": "bouncer1", "password": PASSWORD}).get_json()
+    headers = {"Authorization": f"Bearer {pair['access_token']}"}
+    other = client.get("/api/v1/users?q=bouncer2").get_json()["items"][0]["id"]
+    assert client.put(f"/api/v1/users/{other}/follow", headers=headers).status_code == 204
+    created = client.post("/api/v1/posts", json={"title": "Via PgBouncer", "body": "pooled"}, headers=headers)
+    assert created.status_code == 201
+    etag = created.headers["ETag"]
+    post_url = created.headers["Location"]
+    assert client.patch(post_url, json={"title": "Edited"}, headers={**headers, "If-Match": etag}).status_code == 200
+    assert client.get("/api/v1/posts?q=pooled").get_json()["items"][0]["title"] == "Edited"
+    assert client.get(f"/api/v1/users/{other}/followers").status_code == 200
+    assert client.get("/api/v1/feed", headers=headers).status_code == 200
+    refreshed = client.post("/api/v1/auth/refresh", headers={"Authorization": f"Bearer {pair['refresh_token']}"})
+    assert refreshed.status_code == 200
+    export = client.post("/api/v1/users/me/export", headers=headers).get_json()
+    with behind.app_context():
+        assert jobs.run(export["id"]) == "succeeded"
+    assert client.post("/api/v1/auth/logout", headers=headers).status_code == 204
+    assert client.get("/api/v1/users/me", headers=headers).status_code == 401
+    assert client.get("/readyz").status_code == 200

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 
 from app import cache
 from app.extensions import db, redis_store
@@ -44,16 +44,6 @@ def test_celery_is_configured_for_reliable_delivery(app):
         == conf.broker_transport_options["visibility_timeout"]
     )
     assert "recount-counters-nightly" in conf.beat_schedule
-
-
-@pytest.fixture
-def committed(app):
-    """For tests whose data a worker process must see: commits for real, wiped after."""
-    yield
-    with app.app_context():
-        db.session.remove()
-        db.session.execute(text("TRUNCATE users CASCADE"))
-        db.session.commit()
 
 
 @pytest.fixture

@@ -40,9 +40,11 @@ def make_celery(flask_app: Flask) -> Celery:
         result_backend=cfg["CELERY_RESULT_BACKEND"],
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, **redis_timeouts},
         result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT, **redis_timeouts},
+        # a request that queues a task while the broker is down fails fast (the callers
+        # fall back: the TTL, or the reaper) instead of retrying for seconds
+        task_publish_retry=False,
+        broker_connection_timeout=1,
         broker_connection_retry_on_startup=True,
-        # a web request that queues a task never waits long on a broker that is down
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -23,11 +23,11 @@ import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy import delete, exists, or_, select
 from sqlalchemy.dialects.postgresql import insert
 
+from app import queue
 from app.extensions import CountingConnection, db, redis_store
 from app.models import AuthSession, RevokedToken
 
@@ -97,8 +97,8 @@ def _queue_rebuild() -> None:
     """Ask a worker to rebuild the mirror, at most once per 30 s across all processes."""
     try:
         if redis_store.client.set(REBUILD_QUEUED, 1, nx=True, ex=30):
-            current_app.extensions["celery"].send_task("worker.tasks.rebuild_revocation_mirror")
-    except Exception as exc:  # the check must answer even when queueing fails
+            queue.send("worker.tasks.rebuild_revocation_mirror")
+    except RedisError as exc:  # the check must answer even when queueing fails
         log.warning("could not queue a revocation mirror rebuild: %s", exc)
 
 

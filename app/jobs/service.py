@@ -19,6 +19,7 @@ from flask import current_app
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import OperationalError
 
+from app import queue
 from app.errors import Conflict, NotFound
 from app.extensions import db
 from app.models import Job, JobFile, JobKind, JobStatus, User
@@ -53,10 +54,7 @@ def create(
 
 def enqueue(job_id: uuid.UUID) -> None:
     """Queue the job; if the broker is down, the reaper queues it once it is back."""
-    try:
-        current_app.extensions["celery"].send_task("worker.tasks.run_job", args=[str(job_id)])
-    except Exception as exc:
-        log.error("could not queue job %s (%s); the reaper will", job_id, exc)
+    queue.send("worker.tasks.run_job", [str(job_id)])
 
 
 def get_for(actor: User, job_id: uuid.UUID) -> Job:

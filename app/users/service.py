@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
 from flask import current_app
@@ -10,15 +9,13 @@ from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from werkzeug.datastructures import ETags
 
-from app import cache
+from app import cache, queue
 from app.api import WithExtras, check_if_match
 from app.errors import NotFound, ValidationFailed
 from app.extensions import db
 from app.models import Follow, Post, User
 from app.pagination import Page, keyset_page
 from app.users.schemas import PublicUserSchema
-
-log = logging.getLogger(__name__)
 
 RECENT_POSTS = 5
 
@@ -103,12 +100,8 @@ def invalidate_author_posts_later(user_id: int) -> None:
     """Cached posts embed the author's name: a worker drops them all, now and once
     more a second later (a reader that loaded a post before the change may have put
     it back in between)."""
-    celery = current_app.extensions["celery"]
-    try:
-        celery.send_task("worker.tasks.invalidate_author_posts", args=[user_id])
-        celery.send_task("worker.tasks.invalidate_author_posts", args=[user_id], countdown=1)
-    except Exception as exc:  # broker down: the TTL bounds staleness
-        log.error("could not queue post invalidation for user %s: %s", user_id, exc)
+    queue.send("worker.tasks.invalidate_author_posts", [user_id])
+    queue.send("worker.tasks.invalidate_author_posts", [user_id], countdown=1)
 
 
 def invalidate_author_posts(user_id: int) -> int:
