@@ -10,7 +10,7 @@ export FLASK_APP := wsgi:app
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test bench-import lint format services-up services-down reset clean
+.PHONY: run test bench bench-import lint format services-up services-down reset clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ run: $(BIN)/.installed
 ## test: the whole suite against real PostgreSQL and Redis, with branch coverage
 test: $(BIN)/.installed
 	$(SERVICES) $(BIN)/python -m pytest --cov --cov-report=term-missing $(PYTEST_ARGS)
+
+## bench: requests/s and p50/p95/p99 per endpoint under wrk (writes bench/results/)
+bench: $(BIN)/.installed
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(SERVICES) $(BIN)/python bench/run.py
 
 ## bench-import: the import job's lines/s beside a raw COPY of the same rows
 bench-import: $(BIN)/.installed

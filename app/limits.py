@@ -50,6 +50,9 @@ RULES = [
 
 def init_limits(app: Flask) -> Limiter:
     limiter = Limiter(get_remote_address, app=app)
+    # the decorators below hold the limiter weakly; the app must hold it (Flask-Limiter
+    # registers itself only when enabled)
+    app.extensions["rate_limiter"] = limiter
     for endpoint, setting, key, scope in RULES:
         limited = limiter.limit(_setting(setting), key_func=key, scope=scope)
         app.view_functions[endpoint] = limited(app.view_functions[endpoint])

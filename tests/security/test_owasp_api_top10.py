@@ -312,3 +312,22 @@ def test_api4_resource_consumption_imports_are_rate_limited_per_user(client, app
         for _ in range(3)
     ]
     assert statuses == [202, 202, 429]
+
+
+def test_limits_switched_off_still_serve(app, test_db_url):
+    import gc
+
+    unlimited = create_app(
+        {
+            "APP_ENV": "test",
+            "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(False),
+            "REDIS_URL": app.config["REDIS_URL"],
+            "RATELIMIT_ENABLED": False,
+        }
+    )
+    gc.collect()
+    statuses = {
+        unlimited.test_client().post(f"{API}/auth/login", json={"login": "x", "password": "y"}).status_code
+        for _ in range(8)
+    }
+    assert statuses == {401}
