@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import func, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import BigInteger, cast, func, or_, select, text, true, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from werkzeug.datastructures import ETags
 
 from app import cache, queue
@@ -58,25 +58,24 @@ def list_users(*, limit: int, cursor: str | None, q: str | None = None, include_
 
 
 def recent_posts(user_ids: list[int], per_user: int = RECENT_POSTS) -> dict[int, list[Post]]:
-    """The newest posts of each user, in one query for all of them."""
+    """The newest posts of each user, in one query for all of them.
+
+    A LATERAL join reads at most `per_user` index entries per user, however many posts
+    each has (a window over all their posts grew with the busiest author).
+    """
     by_author: dict[int, list[Post]] = {user_id: [] for user_id in user_ids}
     if by_author:
-        ranked = (
-            select(
-                Post,
-                func.row_number()
-                .over(partition_by=Post.author_id, order_by=(Post.created_at.desc(), Post.id.desc()))
-                .label("rank"),
-            )
-            .where(Post.author_id.in_(list(by_author)))
-            .subquery()
+        authors = func.unnest(cast(list(by_author), ARRAY(BigInteger))).table_valued("id").render_derived()
+        newest = (
+            select(Post)
+            .where(Post.author_id == authors.c.id)
+            .order_by(Post.created_at.desc(), Post.id.desc())
+            .limit(per_user)
+            .lateral()
         )
-        newest = db.aliased(Post, ranked)
-        rows = db.session.scalars(
-            select(newest).where(ranked.c.rank <= per_user).order_by(ranked.c.author_id, ranked.c.rank)
-        )
-        for post in rows:
-            by_author[post.author_id].append(post)
+        post = db.aliased(Post, newest)
+        for row in db.session.scalars(select(post).select_from(authors).join(newest, true())):
+            by_author[row.author_id].append(row)
     return by_author
 
 
