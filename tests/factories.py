@@ -15,6 +15,17 @@ from app.models import Follow, Post, Role, User
 from app.users.service import bump_counters
 
 PASSWORD = "correct horse battery staple"
+# what anyone may see of a user: all a public view or a cache entry may hold
+PUBLIC_PROFILE_FIELDS = {
+    "id",
+    "username",
+    "display_name",
+    "bio",
+    "created_at",
+    "post_count",
+    "follower_count",
+    "following_count",
+}
 # hashed once, with the test profile's cheap argon2 parameters
 PASSWORD_HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
 

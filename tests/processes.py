@@ -19,8 +19,35 @@ def service_env(app, test_db_url, **extra) -> dict:
     }
 
 
-class Worker:
-    """`celery -A worker worker` in its own process group, logging to a file."""
+class Process:
+    """A child process in its own process group, logging to a file."""
+
+    process: subprocess.Popen
+    log_path: Path
+    _log: object
+
+    def kill(self) -> None:
+        """SIGKILL the whole group (a worker's main process and its pool children) at once."""
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+
+class Worker(Process):
+    """`celery -A worker worker`."""
 
     def __init__(self, env: dict, log_path: Path, *, name: str = "w1", pool: str = "solo", beat: bool = False):
         self.log_path = log_path
@@ -53,25 +80,6 @@ class Worker:
                 raise RuntimeError("worker did not start:\n" + self.log_path.read_text()[-3000:])
             time.sleep(0.1)
         return self
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker (main process and pool children) at once."""
-        import signal
-
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text()[-4000:]
 
 
 def free_port() -> int:
@@ -119,7 +127,7 @@ def http(method: str, url: str, *, json_body=None, headers=None, files=None, tim
     return status, response_headers, body
 
 
-class Web:
+class Web(Process):
     """The Procfile's web process (gunicorn with its config file) on a port of its own."""
 
     def __init__(self, env: dict, log_path: Path, *, workers: int = 1):
@@ -149,15 +157,3 @@ class Web:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError("web did not start:\n" + self.log_path.read_text()[-3000:])
             time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                import signal
-
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._log.close()

@@ -9,7 +9,7 @@ import pytest
 from app import cache, create_app
 from app.extensions import RedisStore
 from tests.conftest import open_session
-from tests.factories import PostFactory, UserFactory
+from tests.factories import PUBLIC_PROFILE_FIELDS, PostFactory, UserFactory
 from tests.redis_server import RedisServer
 
 USERS = "/api/v1/users"
@@ -37,16 +37,7 @@ def test_cached_entries_hold_nothing_private(client, login, redis_client):
     raw_post = redis_client.get(cache.post_key(post.id)).decode()
     for raw in (raw_profile, raw_post):
         assert "@example.com" not in raw and "role" not in raw and "argon2" not in raw
-    assert set(json.loads(raw_profile)) == {
-        "id",
-        "username",
-        "display_name",
-        "bio",
-        "created_at",
-        "post_count",
-        "follower_count",
-        "following_count",
-    }
+    assert set(json.loads(raw_profile)) == PUBLIC_PROFILE_FIELDS
     keys = {k.decode() for k in redis_client.scan_iter("user:v1:*") if not k.endswith(b":tombstone")}
     assert keys == {cache.profile_key(post.author_id)}  # /users/me was not cached
 

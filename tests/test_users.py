@@ -6,7 +6,7 @@ import pytest
 
 from app.extensions import db
 from app.models import Follow, User
-from tests.factories import FollowFactory, PostFactory, UserFactory
+from tests.factories import PUBLIC_PROFILE_FIELDS, FollowFactory, PostFactory, UserFactory
 
 USERS = "/api/v1/users"
 
@@ -17,16 +17,7 @@ def test_list_users_by_id_with_public_fields_only(client):
     assert [u["id"] for u in body["items"]] == [u.id for u in made]
     assert body["next_cursor"] is None
     for item in body["items"]:
-        assert set(item) == {
-            "id",
-            "username",
-            "display_name",
-            "bio",
-            "created_at",
-            "post_count",
-            "follower_count",
-            "following_count",
-        }
+        assert set(item) == PUBLIC_PROFILE_FIELDS
 
 
 def test_inactive_users_are_hidden(client):
