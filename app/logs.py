@@ -59,15 +59,20 @@ def register_request_logging(app: Flask) -> None:
     def _log_request(response):
         started = g.get("started")
         claims = g.get("_jwt_extended_jwt") or {}
+        duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
         log.info(
-            "request",
+            "%s %s %s %sms",
+            request.method,
+            request.path,
+            response.status_code,
+            duration_ms,
             extra={
                 "request_id": g.get("request_id"),
                 "method": request.method,
                 "route": request.url_rule.rule if request.url_rule else None,
                 "path": request.path,
                 "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+                "duration_ms": duration_ms,
                 "user_id": claims.get("sub"),
             },
         )
