@@ -27,6 +27,14 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="postboard-metrics-")
 
 
+def on_starting(server):
+    # numbers left by an earlier run must not be added to this one's
+    import glob
+
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(path)
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 

@@ -60,11 +60,16 @@ def seed(env: dict) -> str:
     """Seed once; the users' shared password is kept beside the results."""
     password_file = RESULTS / ".bench-password"
     engine = create_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1))
-    with engine.connect() as conn:
-        users = conn.scalar(text("SELECT count(*) FROM users"))
-    engine.dispose()
-    if users >= USERS and password_file.exists():
-        return password_file.read_text().strip()
+    try:
+        with engine.connect() as conn:
+            users = conn.scalar(text("SELECT count(*) FROM users"))
+            if users >= USERS and password_file.exists():
+                return password_file.read_text().strip()
+            if users:  # seeded before, but its password is lost: start the bench data over
+                conn.execute(text("TRUNCATE users, revoked_tokens CASCADE"))
+                conn.commit()
+    finally:
+        engine.dispose()
     print(f"seeding {USERS} users, {USERS * POSTS} posts, {USERS * FOLLOWS} follows ...", flush=True)
     output = flask(env, "seed", "--users", str(USERS), "--posts", str(POSTS), "--follows", str(FOLLOWS))
     password = re.search(r"password=(\S+)", output).group(1)

@@ -138,3 +138,20 @@ def test_an_exhausted_pool_answers_503_in_time_and_recovers(app, test_db_url):
         server.shutdown()
         with small.app_context():
             db.engine.dispose()
+
+
+@pytest.mark.no_transaction
+def test_metrics_still_answer_when_postgres_is_down(app):
+    cut_off = create_app(
+        {
+            "APP_ENV": "test",
+            "REDIS_URL": app.config["REDIS_URL"],
+            "METRICS_TOKEN": "t0ken",
+            "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg2://nobody@127.0.0.1:1/none",
+        }
+    )
+    client = cut_off.test_client()
+    assert client.get("/api/v1/posts").status_code == 503
+    response = client.get("/metrics", headers={"Authorization": "Bearer t0ken"})
+    assert response.status_code == 200
+    assert 'route="/api/v1/posts",status="503"' in response.get_data(as_text=True)

@@ -162,7 +162,7 @@ def test_200_clients_for_30_seconds_against_a_pool_of_10(app, committed, test_db
         users = UserFactory.create_batch(10)
         tokens = [open_session(user)["access_token"] for user in users]
         user_ids = [user.id for user in users]
-    web = Web(env, tmp_path / "web.log").wait_ready()
+    web = Web(env, tmp_path / "web.log", workers=2).wait_ready()
     statuses: Counter = Counter()
     failures: list[str] = []
     acknowledged: list[int] = []

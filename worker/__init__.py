@@ -24,6 +24,9 @@ VISIBILITY_TIMEOUT = 6 * 3600
 
 
 def make_celery(flask_app: Flask) -> Celery:
+    """A Celery app for `flask_app`. Its signal handlers are registered once per process
+    (dispatch_uid): a process runs one app; tests that build several keep the first's."""
+
     class AppContextTask(Task):
         def __call__(self, *args, **kwargs):
             with flask_app.app_context():
@@ -72,12 +75,12 @@ def make_celery(flask_app: Flask) -> Celery:
     flask_app.extensions["celery"] = celery
     _carry_request_ids(flask_app)
 
-    @worker_ready.connect(weak=False)
+    @worker_ready.connect(weak=False, dispatch_uid="postboard-requeue-on-ready")
     def _pick_up_abandoned_jobs(**_kwargs):
         # a worker that starts after a crash takes over what the dead one left
         celery.send_task("worker.tasks.requeue_stale_jobs")
 
-    @worker_process_init.connect(weak=False)
+    @worker_process_init.connect(weak=False, dispatch_uid="postboard-fresh-pool")
     def _fresh_pool_after_fork(**_kwargs):
         # a forked child must not share the parent's PostgreSQL connections
         with flask_app.app_context():
@@ -92,23 +95,23 @@ def _carry_request_ids(flask_app: Flask) -> None:
     """The id of the request that queued a task goes with it and into its log lines."""
     from app.logs import configure_logging, current_request_id, task_request_id
 
-    @before_task_publish.connect(weak=False)
+    @before_task_publish.connect(weak=False, dispatch_uid="postboard-stamp-request-id")
     def _stamp(headers=None, **_kwargs):
         request_id = current_request_id()
         if headers is not None and request_id and "request_id" not in headers:
             headers["request_id"] = request_id
 
-    @task_prerun.connect(weak=False)
+    @task_prerun.connect(weak=False, dispatch_uid="postboard-enter-request-id")
     def _enter(task=None, **_kwargs):
         task.request_id_token = task_request_id.set(getattr(task.request, "request_id", None))
 
-    @task_postrun.connect(weak=False)
+    @task_postrun.connect(weak=False, dispatch_uid="postboard-leave-request-id")
     def _leave(task=None, **_kwargs):
         token = getattr(task, "request_id_token", None)
         if token is not None:
             task_request_id.reset(token)
 
-    @setup_logging.connect(weak=False)
+    @setup_logging.connect(weak=False, dispatch_uid="postboard-logging")
     def _our_logging(**_kwargs):
         # Celery would install its own handlers; the worker logs as the web does
         configure_logging(flask_app.config["LOG_LEVEL"], flask_app.config["LOG_FORMAT"])
