@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -104,7 +105,9 @@ def _has_body() -> bool:
 def _register_request_hooks(app: Flask) -> None:
     @app.before_request
     def _take_request_id():
-        """Every response carries X-Request-ID: the client's when it is sane, else a new one."""
+        """Every response carries X-Request-ID: the client's when it is sane, else a new one.
+        Also starts the request's clock (read by the request log and the metrics)."""
+        g.started = time.perf_counter()
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 

@@ -51,10 +51,6 @@ def configure_logging(level: str, fmt: str) -> None:
 
 
 def register_request_logging(app: Flask) -> None:
-    @app.before_request
-    def _start_clock():
-        g.started = time.perf_counter()
-
     @app.after_request
     def _log_request(response):
         started = g.get("started")

@@ -102,14 +102,10 @@ def _watch_pool(app: Flask) -> None:
 def init_metrics(app: Flask) -> None:
     _watch_pool(app)
 
-    @app.before_request
-    def _clock():
-        g.metrics_started = time.perf_counter()
-
     @app.after_request
     def _count(response):
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        started = g.get("metrics_started")
+        started = g.get("started")  # set by the request-id hook in create_app
         REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         if started is not None:
             LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
