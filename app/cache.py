@@ -32,6 +32,16 @@ local value = redis.call('GET', KEYS[1])
 if value then redis.call('INCR', KEYS[2]) else redis.call('INCR', KEYS[3]) end
 return value
 """
+# GET many keys (the last two KEYS are the counters) and count hits and misses
+_GET_MANY_COUNTED = """
+local n = #KEYS - 2
+local values = redis.call('MGET', unpack(KEYS, 1, n))
+local hits = 0
+for i = 1, n do if values[i] then hits = hits + 1 end end
+if hits > 0 then redis.call('INCRBY', KEYS[n + 1], hits) end
+if hits < n then redis.call('INCRBY', KEYS[n + 2], n - hits) end
+return values
+"""
 # SET unless a writer invalidated the key moments ago
 _PUT_UNLESS_INVALIDATED = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
@@ -65,6 +75,33 @@ def get(key: str) -> bytes | None:
     except RedisError as exc:
         log.warning("cache read skipped (%s)", exc)
         return None
+
+
+def get_many(keys: list[str]) -> list[bytes | None]:
+    """Values in the order of `keys` (None where missing), in one round trip."""
+    if not keys:
+        return []
+    try:
+        values = _script(_GET_MANY_COUNTED)(keys=[*keys, HITS, MISSES])
+    except RedisError as exc:
+        log.warning("cache read skipped (%s)", exc)
+        return [None] * len(keys)
+    return [value or None for value in values]
+
+
+def put_many(entries: list[tuple[str, bytes]]) -> None:
+    """put() for several entries, in one round trip."""
+    if not entries:
+        return
+    try:
+        ttl = current_app.config["CACHE_TTL_SECONDS"]
+        script = _script(_PUT_UNLESS_INVALIDATED)
+        pipe = _client().pipeline(transaction=False)
+        for key, payload in entries:
+            script(keys=[key, f"{key}:tombstone"], args=[payload, ttl], client=pipe)
+        pipe.execute()
+    except RedisError as exc:
+        log.warning("cache write skipped (%s)", exc)
 
 
 def put(key: str, payload: bytes) -> None:

@@ -25,9 +25,10 @@ def _etag(post) -> dict:
 @blp.response(200, page_of(PostSchema))
 def list_posts(args):
     """Newest first; `?author=` one author's; `?q=` full-text search."""
-    return service.list_posts(
+    page = service.list_posts(
         limit=args["limit"], cursor=args.get("cursor"), author=args.get("author"), q=args.get("q")
     )
+    return Response(page, mimetype="application/json")
 
 
 @blp.route("/posts", methods=["POST"])
@@ -100,4 +101,5 @@ def import_posts(files, form):
 @blp.response(200, page_of(PostSchema))
 def feed(args):
     """Posts by the users I follow, newest first."""
-    return service.feed(current_user.id, limit=args["limit"], cursor=args.get("cursor"))
+    page = service.feed(current_user.id, limit=args["limit"], cursor=args.get("cursor"))
+    return Response(page, mimetype="application/json")

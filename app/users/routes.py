@@ -78,7 +78,8 @@ def get_user(user_id):
 @blp.alt_response(404, response="NOT_FOUND")
 def user_posts(args, user_id):
     """That user's posts, newest first."""
-    return posts.posts_of(user_id, limit=args["limit"], cursor=args.get("cursor"))
+    page = posts.posts_of(user_id, limit=args["limit"], cursor=args.get("cursor"))
+    return Response(page, mimetype="application/json")
 
 
 @blp.route("/<id:user_id>/follow", methods=["PUT"])
