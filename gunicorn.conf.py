@@ -11,8 +11,10 @@ threads = int(os.environ.get("WEB_THREADS", "1"))
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.environ.get("WEB_KEEPALIVE", "5"))
-max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "10000"))
-max_requests_jitter = int(os.environ.get("WEB_MAX_REQUESTS_JITTER", "1000"))
+# recycle workers now and then (a guard against slow leaks); the wide jitter keeps them
+# from restarting together, which stalls every request for the second a worker boots
+max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "50000"))
+max_requests_jitter = int(os.environ.get("WEB_MAX_REQUESTS_JITTER", "25000"))
 # the app logs one JSON line per request (with its request id); no second access log
 accesslog = os.environ.get("WEB_ACCESS_LOG") or None
 errorlog = "-"
