@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response
+from flask import Response, url_for
 from flask_jwt_extended import current_user
 
 from app.api import ApiBlueprint, PageArgsSchema, page_of
@@ -14,8 +14,6 @@ blp = ApiBlueprint("jobs", __name__, url_prefix="/jobs", description="Background
 
 def accepted(job):
     """202 + Location: how every endpoint that starts a job answers."""
-    from flask import url_for
-
     return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
 

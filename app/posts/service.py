@@ -27,6 +27,20 @@ def _with_author():
     return select(Post).join(Post.author).options(contains_eager(Post.author))
 
 
+def _post_json(post: Post) -> bytes:
+    return current_app.json.dumps(PostSchema().dump(post)).encode()
+
+
+def _cache_entry(post: Post, payload: bytes) -> bytes:
+    """A cached post: its version (for the ETag) and its JSON, on one line each."""
+    return b"%d\n%s" % (post.version, payload)
+
+
+def _from_cache_entry(entry: bytes) -> tuple[int, bytes]:
+    version, payload = entry.split(b"\n", 1)
+    return int(version), payload
+
+
 def _ids():
     """Ids of posts by active authors, with the sort key (read from the indexes)."""
     return select(Post.id, Post.created_at, Post.id.label("key_id")).join(User, User.id == Post.author_id)
@@ -44,13 +58,13 @@ def _page_json(stmt, limit: int, cursor: str | None) -> bytes:
     missing = [post_id for post_id, entry in zip(page.items, cached, strict=True) if entry is None]
     fresh: dict[int, bytes] = {}
     if missing:
-        schema, entries = PostSchema(), []
+        entries = []
         for post in db.session.scalars(_with_author().where(Post.id.in_(missing))):
-            fresh[post.id] = current_app.json.dumps(schema.dump(post)).encode()
-            entries.append((cache.post_key(post.id), b"%d\n%s" % (post.version, fresh[post.id])))
+            fresh[post.id] = _post_json(post)
+            entries.append((cache.post_key(post.id), _cache_entry(post, fresh[post.id])))
         cache.put_many(entries)
     items = [
-        entry.split(b"\n", 1)[1] if entry is not None else fresh[post_id]
+        _from_cache_entry(entry)[1] if entry is not None else fresh[post_id]
         for post_id, entry in zip(page.items, cached, strict=True)
         if entry is not None or post_id in fresh  # one deleted between the two queries is left out
     ]
@@ -69,17 +83,16 @@ def get_post(post_id: int, *, for_update: bool = False) -> Post:
 
 def public_post_json(post_id: int) -> tuple[int, bytes]:
     """A post of an active author with its author summary, as (version, JSON); from the
-    cache when it is there. The entry is `version` and the JSON on one line each."""
+    cache when it is there."""
     key = cache.post_key(post_id)
     cached = cache.get(key)
     if cached is not None:
-        version, payload = cached.split(b"\n", 1)
-        return int(version), payload
+        return _from_cache_entry(cached)
     post = get_post(post_id)
     if not post.author.is_active:
         raise NotFound(f"No post with id {post_id}.")
-    payload = current_app.json.dumps(PostSchema().dump(post)).encode()
-    cache.put(key, b"%d\n%s" % (post.version, payload))
+    payload = _post_json(post)
+    cache.put(key, _cache_entry(post, payload))
     return post.version, payload
 
 
