@@ -63,6 +63,10 @@ class ApiBlueprint(Blueprint):
         return decorator
 
     def arguments(self, schema, *, location="json", **kwargs):
+        # one instance per route: webargs would build one (deep-copying every field) per
+        # request from a class; loading does not change a marshmallow 4 schema
+        if isinstance(schema, type):
+            schema = schema()
         parse = super().arguments(schema, location=location, **kwargs)
         if location != "json":
             return parse

@@ -1,6 +1,8 @@
-"""The Redis cache of public views: a user's profile and a post with its author.
+"""The Redis cache of public views: a user's profile, a user's newest posts (as listed by
+/users?include=posts) and a post with its author.
 
-Keys are versioned (`user:v1:{id}`, `post:v1:{id}`) and live CACHE_TTL_SECONDS. Only what
+Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `post:v1:{id}`) and live
+CACHE_TTL_SECONDS. Only what
 anyone may see is cached (never email, role, `/me` or admin views). Writers delete the
 key right after their transaction commits, so the next read on any process is fresh;
 a delete that fails is retried by a Celery task, and the TTL bounds staleness if even
@@ -52,6 +54,11 @@ return 1
 
 def profile_key(user_id: int) -> str:
     return f"user:v1:{user_id}"
+
+
+def recent_posts_key(user_id: int) -> str:
+    """A user's newest posts (id, title, time) as listed by /users?include=posts."""
+    return f"user:v1:{user_id}:recent-posts"
 
 
 def post_key(post_id: int) -> str:

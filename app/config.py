@@ -34,6 +34,18 @@ def _float(name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = (os.environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in _TRUE | _FALSE:
+        raise ConfigError(f"{name} must be true or false, got {os.environ[name]!r}")
+    return raw in _TRUE
+
+
 def database_url(raw: str) -> str:
     """Accept the Heroku-style `postgres://` scheme and pin the psycopg2 driver."""
     for prefix in ("postgres://", "postgresql://"):
@@ -65,7 +77,9 @@ def engine_options(behind_pgbouncer: bool) -> dict:
         "max_overflow": _int("DB_MAX_OVERFLOW", 10),
         "pool_timeout": _int("DB_POOL_TIMEOUT", 5),
         "pool_recycle": _int("DB_POOL_RECYCLE", 1800),
-        "pool_pre_ping": True,
+        # a round trip per checkout that hides a restarted server from requests; off, the
+        # first request on each dead connection gets a 503 and the pool reconnects
+        "pool_pre_ping": _bool("DB_POOL_PRE_PING", True),
         "connect_args": connect_args,
     }
 
@@ -77,7 +91,7 @@ def load(overrides: dict | None = None) -> dict:
         raise ConfigError(f"APP_ENV must be development, test or production, got {env!r}")
     # settings derived from REDIS_URL follow an overridden one too
     redis_url = (overrides or {}).get("REDIS_URL") or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    behind_pgbouncer = os.environ.get("DB_PGBOUNCER", "").lower() in {"1", "true", "yes", "on"}
+    behind_pgbouncer = _bool("DB_PGBOUNCER", False)
     cfg = {
         "APP_ENV": env,
         "TESTING": env == "test",
@@ -108,7 +122,7 @@ def load(overrides: dict | None = None) -> dict:
         "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", 0),
         "CORS_ORIGINS": [o.strip() for o in os.environ.get("CORS_ORIGINS", "").split(",") if o.strip()],
         # rate limits (Flask-Limiter on Redis; in memory per process while Redis is down)
-        "RATELIMIT_ENABLED": os.environ.get("RATELIMIT_ENABLED", "true").lower() not in {"0", "false", "no"},
+        "RATELIMIT_ENABLED": _bool("RATELIMIT_ENABLED", True),
         "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI", redis_url),
         "RATELIMIT_STORAGE_OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
         "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import Label, Select, bindparam, tuple_
 
 from app.errors import ValidationFailed
 
@@ -26,6 +26,11 @@ from app.errors import ValidationFailed
 class Page:
     items: list
     next_cursor: str | None
+
+
+def page_json(items: Sequence[bytes], next_cursor: str | None) -> bytes:
+    """A page whose items are already JSON (from a cache): `{"items": [...], "next_cursor": ...}`."""
+    return b'{"items":[%s],"next_cursor":%s}' % (b",".join(items), json.dumps(next_cursor).encode())
 
 
 def encode_cursor(values: Sequence[Any]) -> str:
@@ -56,6 +61,12 @@ def decode_cursor(cursor: str, kinds: Sequence[type]) -> list:
         ) from None
 
 
+def comes_after(keys: Sequence, values: Sequence, descending: bool = True):
+    """The condition "sorts after `values`" on the sort key `keys`."""
+    bound = tuple_(*keys)
+    return bound < tuple_(*values) if descending else bound > tuple_(*values)
+
+
 def keyset_page(
     stmt: Select, keys: Sequence, kinds: Sequence[type], *, limit: int, cursor: str | None, descending: bool = True
 ) -> Page:
@@ -69,11 +80,12 @@ def keyset_page(
     from app.extensions import db
 
     if cursor:
-        after = decode_cursor(cursor, kinds)
-        bound = tuple_(*keys)
-        stmt = stmt.where(bound < tuple_(*after) if descending else bound > tuple_(*after))
+        stmt = stmt.where(comes_after(keys, decode_cursor(cursor, kinds), descending))
     stmt = stmt.order_by(*[k.desc() if descending else k.asc() for k in keys]).limit(limit + 1)
-    rows = db.session.execute(stmt).all()
+    return _page_of(db.session.execute(stmt).all(), keys, limit)
+
+
+def _page_of(rows: Sequence, keys: Sequence, limit: int) -> Page:
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -81,3 +93,40 @@ def keyset_page(
         values = last[1:] if len(last) > 1 else [getattr(last[0], k.key) for k in keys]
         next_cursor = encode_cursor(values)
     return Page([row[0] for row in rows], next_cursor)
+
+
+class KeysetQuery:
+    """A keyset-paged query of plain columns, built once per process (the hot lists).
+
+    Building a SELECT and finding it in SQLAlchemy's compiled cache costs more CPU than
+    PostgreSQL spends on a page of ids, and so does the ORM layer around a query of
+    plain columns. So the two statements a list needs, the first page and the pages
+    after a cursor, are built once with bound parameters and run on the connection.
+
+    `build(after)` returns the SELECT: the item, then the columns of the sort key.
+    `after` is None for the first page, else the cursor's values as bound parameters,
+    for a query that must also cut a subquery at the cursor (the feed); the cut on the
+    sort key itself is added here.
+    """
+
+    def __init__(self, build, kinds: Sequence[type], *, descending: bool = True):
+        self.kinds = kinds
+        self._first = self._finish(build(None), None, descending)
+        after = tuple(bindparam(f"after_{i}") for i in range(len(kinds)))
+        self._next = self._finish(build(after), after, descending)
+
+    @staticmethod
+    def _finish(stmt: Select, after: tuple | None, descending: bool) -> Select:
+        keys = [k.element if isinstance(k, Label) else k for k in list(stmt.selected_columns)[1:]]
+        if after is not None:
+            stmt = stmt.where(comes_after(keys, after, descending))
+        return stmt.order_by(*[k.desc() if descending else k.asc() for k in keys]).limit(bindparam("page_limit"))
+
+    def page(self, *, limit: int, cursor: str | None, **params) -> Page:
+        from app.extensions import db
+
+        params["page_limit"] = limit + 1
+        if cursor:
+            params.update((f"after_{i}", v) for i, v in enumerate(decode_cursor(cursor, self.kinds)))
+        rows = db.session.connection().execute(self._next if cursor else self._first, params).all()
+        return _page_of(rows, (), limit)

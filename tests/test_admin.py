@@ -38,6 +38,9 @@ def test_admin_promotes_and_deactivates_and_sessions_end(client, login):
     response = client.patch(f"{ADMIN_USERS}/{target.id}", json={"is_active": False}, headers=admin_headers)
     assert response.status_code == 200 and response.get_json()["is_active"] is False
     assert client.get("/api/v1/users/me", headers=bearer(tokens)).status_code == 401
+    # routes that read only the token's user id (no user query) turn it away as well
+    assert client.get("/api/v1/feed", headers=bearer(tokens)).status_code == 401
+    assert client.post("/api/v1/posts", json={"title": "t", "body": "b"}, headers=bearer(tokens)).status_code == 401
     assert (
         client.post("/api/v1/auth/refresh", headers={"Authorization": f"Bearer {tokens['refresh_token']}"}).status_code
         == 401

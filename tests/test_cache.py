@@ -88,6 +88,48 @@ def test_cached_post_keeps_its_etag_and_edits_show_at_once(client, login):
     assert client.get(f"{POSTS}/{post.id}").status_code == 404
 
 
+def test_users_with_posts_come_from_the_cache_as_the_schema_writes_them(client):
+    """The list splices cached JSON (profile + newest posts): it must be exactly what
+    UserListItemSchema would have written, cold and warm."""
+    from app.api import WithExtras
+    from app.extensions import db
+    from app.models import User
+    from app.users.schemas import UserListItemSchema
+
+    authors = UserFactory.create_batch(2)
+    written = {author.id: PostFactory.create_batch(6, author=author) for author in authors}
+    cold = client.get(f"{USERS}?include=posts").get_json()
+    warm = client.get(f"{USERS}?include=posts").get_json()
+    assert warm == cold
+    for author in authors:
+        newest = sorted(written[author.id], key=lambda p: (p.created_at, p.id), reverse=True)[:5]
+        expected = UserListItemSchema().dump(WithExtras(db.session.get(User, author.id), recent_posts=newest))
+        item = next(i for i in warm["items"] if i["id"] == author.id)
+        assert item == expected and len(item["posts"]) == 5
+        assert list(item) == list(expected)  # same key order too
+
+
+def test_newest_posts_in_the_user_list_follow_every_write(client, login):
+    from app.extensions import db
+    from app.models import User
+
+    post = PostFactory(title="First")
+    author = db.session.get(User, post.author_id)
+    headers = login(author)
+
+    def listed():
+        items = client.get(f"{USERS}?include=posts").get_json()["items"]
+        return [(p["id"], p["title"]) for p in next(i for i in items if i["id"] == author.id)["posts"]]
+
+    assert listed() == [(post.id, "First")]
+    created = client.post(POSTS, json={"title": "Second", "body": "b"}, headers=headers).get_json()
+    assert listed() == [(created["id"], "Second"), (post.id, "First")]
+    client.patch(f"{POSTS}/{post.id}", json={"title": "Renamed"}, headers=headers)
+    assert listed() == [(created["id"], "Second"), (post.id, "Renamed")]
+    client.delete(f"{POSTS}/{created['id']}", headers=headers)
+    assert listed() == [(post.id, "Renamed")]
+
+
 def test_a_reader_cannot_put_back_what_a_writer_just_invalidated(app, redis_client):
     key = cache.profile_key(1)
     cache.invalidate(key)

@@ -49,6 +49,27 @@ def test_feed_and_user_posts_pages(client, login):
     assert walk(client, f"/api/v1/users/{author.id}/posts", limit=4)[0] == expected
 
 
+def test_feed_pages_merge_many_authors_and_leave_out_inactive_ones(client, login):
+    """The feed reads each author's newest posts separately and merges them: the pages
+    must still interleave the authors exactly (ties broken by id), skip nothing when an
+    author has more posts than a page, and leave out a deactivated author's posts."""
+    me = UserFactory()
+    authors = UserFactory.create_batch(3)
+    gone = UserFactory(is_active=False)
+    for author in [*authors, gone]:
+        FollowFactory(follower_id=me.id, followed_id=author.id)
+    posts = [PostFactory(author=authors[i % 3], created_at=T0 + timedelta(minutes=i // 4)) for i in range(30)] + [
+        PostFactory(author=authors[0], created_at=T0 + timedelta(minutes=100 + i)) for i in range(9)
+    ]
+    PostFactory(author=gone, created_at=T0 + timedelta(minutes=5))
+    expected = [p.id for p in sorted(posts, key=lambda p: (p.created_at, p.id), reverse=True)]
+    seen, pages = walk(
+        client, "/api/v1/feed", headers=login(me), limit=4, between_pages=lambda: PostFactory(author=authors[1])
+    )
+    assert seen == expected
+    assert pages == 10
+
+
 def test_users_pages_in_id_order_with_new_users_arriving(client):
     existing = [u.id for u in UserFactory.create_batch(20)]
     seen, _ = walk(client, "/api/v1/users", between_pages=UserFactory)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from flask_jwt_extended import current_user
-
 from app.admin import service
 from app.admin.schemas import AdminUserListArgsSchema, AdminUserSchema, AdminUserUpdateSchema
 from app.api import ApiBlueprint, page_of
+from app.auth.tokens import current_user
 from app.jobs.routes import JOB_LOCATION, accepted
 from app.jobs.schemas import JobSchema
 

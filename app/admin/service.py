@@ -60,14 +60,17 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
         user.is_active = is_active
     user.version = User.version + 1
     user.updated_at = func.now()
-    db.session.commit()
+    if is_active is False:
+        # in the same commit as the flag: requests trust the token check alone for
+        # "is this user still allowed in" (app.auth.tokens.current_user_id)
+        revoke_all_sessions(user_id, reason="deactivated")
+    else:
+        db.session.commit()
     cache.invalidate(cache.profile_key(user_id))
     if is_active is not None:  # their posts appear or vanish: drop them now, and again soon
         with contextlib.suppress(RedisError):  # the worker's pass below retries
             invalidate_author_posts(user_id)
         invalidate_author_posts_later(user_id)
-    if is_active is False:
-        revoke_all_sessions(user_id, reason="deactivated")
     return db.session.get(User, user_id)
 
 

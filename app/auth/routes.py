@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from flask import request, url_for
-from flask_jwt_extended import current_user, get_jwt
+from flask_jwt_extended import get_jwt
 
 from app.api import ApiBlueprint, PageArgsSchema, page_of
 from app.auth import service
 from app.auth.schemas import LoginSchema, PasswordChangeSchema, RegisterSchema, SessionSchema, TokenPairSchema
+from app.auth.tokens import current_user, current_user_id
 from app.users.schemas import PublicUserSchema
 
 blp = ApiBlueprint("auth", __name__, url_prefix="/auth", description="Accounts, tokens and sessions")
@@ -62,7 +63,7 @@ def logout():
 @blp.response(204)
 def logout_all():
     """End every session of mine, on every device."""
-    service.logout_all(current_user.id, get_jwt())
+    service.logout_all(current_user_id(), get_jwt())
 
 
 @blp.route("/sessions")
@@ -71,7 +72,7 @@ def logout_all():
 @blp.response(200, page_of(SessionSchema))
 def list_sessions(args):
     """My sessions still in force, newest first."""
-    return service.list_sessions(current_user.id, get_jwt(), limit=args["limit"], cursor=args.get("cursor"))
+    return service.list_sessions(current_user_id(), get_jwt(), limit=args["limit"], cursor=args.get("cursor"))
 
 
 @blp.route("/sessions/<uuid:session_id>", methods=["DELETE"])
@@ -80,7 +81,7 @@ def list_sessions(args):
 @blp.alt_response(404, response="NOT_FOUND")
 def end_session(session_id):
     """End one of my sessions."""
-    service.end_session(current_user.id, session_id)
+    service.end_session(current_user_id(), session_id)
 
 
 @blp.route("/password", methods=["POST"])

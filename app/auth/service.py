@@ -170,7 +170,8 @@ def logout_all(user_id: int, payload: dict) -> None:
 
 
 def revoke_all_sessions(user_id: int, *, reason: str) -> int:
-    """End every session of a user (admin action, deactivation); returns how many."""
+    """End every session of a user (admin action, deactivation), committing whatever the
+    caller changed with it; returns how many."""
     sessions = _active_sessions(user_id)
     end_sessions(sessions, reason=reason)
     return len(sessions)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from flask import current_app
-from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
+from flask import current_app, g
+from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token, get_jwt
+from werkzeug.local import LocalProxy
 
 from app.auth import revocation
-from app.errors import problem
+from app.errors import Unauthorized, problem
 from app.extensions import db
 from app.models import AuthSession, User
 
@@ -42,6 +43,32 @@ def issue_tokens(user: User, session: AuthSession) -> dict:
     }
 
 
+def current_user_id() -> int:
+    """The id of the caller of a `login_required` route, read off its verified token.
+
+    A route that needs only the id asks this and costs no query: a deactivated user's
+    sessions are revoked in the same transaction (admin.set_account), so the revocation
+    check has already turned their tokens away.
+    """
+    return int(get_jwt()["sub"])
+
+
+def _load_current_user() -> User:
+    token = get_jwt()
+    loaded = g.get("current_user")
+    if loaded is not None and loaded[0] is token:  # `g` may outlive a request (tests)
+        return loaded[1]
+    user = db.session.get(User, int(token["sub"]))
+    if user is None or not user.is_active:
+        raise Unauthorized("The account of this token no longer exists or is inactive.", headers=BEARER_CHALLENGE)
+    g.current_user = (token, user)
+    return user
+
+
+# the caller as a User, loaded on first use (routes that need only the id never load it)
+current_user: User = LocalProxy(_load_current_user)  # type: ignore[assignment]
+
+
 def expiry_of(payload: dict) -> datetime:
     return datetime.fromtimestamp(payload["exp"], UTC)
 
@@ -55,18 +82,10 @@ def register_token_callbacks(jwt: JWTManager) -> None:
     def _is_revoked(_header, payload) -> bool:
         return revocation.is_revoked(payload)
 
-    @jwt.user_lookup_loader
-    def _load_user(_header, payload):
-        """The token's user; a deleted or deactivated one makes the token worthless."""
+    @jwt.token_verification_loader
+    def _subject_is_a_user_id(_header, payload) -> bool:
         sub = payload.get("sub")
-        if not isinstance(sub, str) or not sub.isdigit() or not 0 < int(sub) < 2**63:
-            return None
-        user = db.session.get(User, int(sub))
-        return user if user is not None and user.is_active else None
-
-    @jwt.user_lookup_error_loader
-    def _user_gone(_header, _payload):
-        return _unauthorized("The account of this token no longer exists or is inactive.")
+        return isinstance(sub, str) and sub.isdigit() and 0 < int(sub) < 2**63
 
     @jwt.unauthorized_loader
     def _missing(reason: str):

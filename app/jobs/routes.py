@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from flask import Response, url_for
-from flask_jwt_extended import current_user
 
 from app.api import ApiBlueprint, PageArgsSchema, page_of
+from app.auth.tokens import current_user, current_user_id
 from app.jobs import service
 from app.jobs.schemas import JobSchema
 
@@ -26,7 +26,7 @@ JOB_LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the j
 @blp.response(200, page_of(JobSchema))
 def list_jobs(args):
     """My jobs, newest first."""
-    return service.list_for(current_user.id, limit=args["limit"], cursor=args.get("cursor"))
+    return service.list_for(current_user_id(), limit=args["limit"], cursor=args.get("cursor"))
 
 
 @blp.route("/<uuid:job_id>")

@@ -181,7 +181,7 @@ def run_import(tracker) -> None:
     _write(author_id, batch, state)
     db.session.delete(upload)  # imported: the upload is no longer needed
     tracker.checkpoint(max(seen, total), max(seen, total))
-    cache.invalidate(cache.profile_key(author_id))
+    cache.invalidate(cache.profile_key(author_id), cache.recent_posts_key(author_id))
 
 
 def _report(state: dict, number: int, errors: dict) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from flask import Response, request, url_for
-from flask_jwt_extended import current_user
 
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
+from app.auth.tokens import current_user, current_user_id
 from app.jobs.routes import JOB_LOCATION, accepted
 from app.jobs.schemas import ImportFileSchema, ImportFormSchema, JobSchema
 from app.posts import imports, service
@@ -37,7 +37,7 @@ def list_posts(args):
 @blp.response(201, PostSchema, headers={"Location": {"schema": {"type": "string"}}, **ETAG_HEADER})
 def create_post(body):
     """Write a post."""
-    post = service.create_post(current_user.id, body["title"], body["body"])
+    post = service.create_post(current_user_id(), body["title"], body["body"])
     return post, {"Location": url_for("posts.get_post", post_id=post.id), **_etag(post)}
 
 
@@ -90,7 +90,7 @@ def import_posts(files, form):
     used is skipped, so sending a file twice imports it once."""
     upload = files["file"]
     job = imports.start(
-        current_user.id, upload.read(), upload.filename or "", upload.mimetype or "", form.get("format")
+        current_user_id(), upload.read(), upload.filename or "", upload.mimetype or "", form.get("format")
     )
     return accepted(job)
 
@@ -101,5 +101,5 @@ def import_posts(files, form):
 @blp.response(200, page_of(PostSchema))
 def feed(args):
     """Posts by the users I follow, newest first."""
-    page = service.feed(current_user.id, limit=args["limit"], cursor=args.get("cursor"))
+    page = service.feed(current_user_id(), limit=args["limit"], cursor=args.get("cursor"))
     return Response(page, mimetype="application/json")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import functools
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select, true
 from sqlalchemy.orm import contains_eager
 from werkzeug.datastructures import ETags
 
@@ -15,11 +15,10 @@ from app.api import check_if_match
 from app.errors import Forbidden, NotFound
 from app.extensions import db
 from app.models import Follow, Post, User
-from app.pagination import keyset_page
+from app.pagination import KeysetQuery, Page, comes_after, page_json
 from app.posts.schemas import PostSchema
 from app.users.service import bump_counters, get_public
 
-KEY = [Post.created_at, Post.id]
 KEY_KINDS = [datetime, int]
 
 
@@ -27,8 +26,11 @@ def _with_author():
     return select(Post).join(Post.author).options(contains_eager(Post.author))
 
 
+_POST_SCHEMA = PostSchema()
+
+
 def _post_json(post: Post) -> bytes:
-    return current_app.json.dumps(PostSchema().dump(post)).encode()
+    return current_app.json.dumps(_POST_SCHEMA.dump(post)).encode()
 
 
 def _cache_entry(post: Post, payload: bytes) -> bytes:
@@ -41,19 +43,59 @@ def _from_cache_entry(entry: bytes) -> tuple[int, bytes]:
     return int(version), payload
 
 
-def _ids():
-    """Ids of posts by active authors, with the sort key (read from the indexes)."""
-    return select(Post.id, Post.created_at, Post.id.label("key_id")).join(User, User.id == Post.author_id)
+@functools.cache
+def _newest_posts(*, active_authors: bool, by_author: bool = False, search: bool = False) -> KeysetQuery:
+    """Ids of posts, newest first, read from the indexes: optionally only by active
+    authors, by one author (`author=`), matching a web-style search (`q=`)."""
+
+    def build(_after):
+        stmt = select(Post.id, Post.created_at, Post.id.label("key_id"))
+        if active_authors:
+            stmt = stmt.join(User, User.id == Post.author_id).where(User.is_active)
+        if by_author:
+            stmt = stmt.where(Post.author_id == bindparam("author"))
+        if search:
+            stmt = stmt.where(Post.search.op("@@")(func.websearch_to_tsquery("english", bindparam("q"))))
+        return stmt
+
+    return KeysetQuery(build, KEY_KINDS)
 
 
-def _page_json(stmt, limit: int, cursor: str | None) -> bytes:
+@functools.cache
+def _feed_query() -> KeysetQuery:
+    """Posts by the active users someone follows (`reader=`), newest first.
+
+    Each followed author's newest posts (after the cursor) are read from their own
+    index, at most a page per author, then merged: the work grows with how many people
+    the reader follows, not with how much they have written. Whether an author is active
+    is one primary-key lookup per followed user (a join let the planner scan all users).
+    """
+
+    def build(after):
+        newest = select(Post.id, Post.created_at).where(Post.author_id == Follow.followed_id)
+        if after is not None:
+            newest = newest.where(comes_after([Post.created_at, Post.id], after))
+        newest = (
+            newest.order_by(Post.created_at.desc(), Post.id.desc()).limit(bindparam("page_limit")).lateral("newest")
+        )
+        author_active = select(User.is_active).where(User.id == Follow.followed_id).scalar_subquery()
+        return (
+            select(newest.c.id, newest.c.created_at, newest.c.id.label("key_id"))
+            .select_from(Follow)
+            .join(newest, true())
+            .where(Follow.follower_id == bindparam("reader"), author_active)
+        )
+
+    return KeysetQuery(build, KEY_KINDS)
+
+
+def _page_json(page: Page) -> bytes:
     """A page of posts as JSON, each post from the cache when it is there.
 
-    The page is found by ids alone; cached posts are fetched in one round trip and the
+    The page was found by ids alone; cached posts are fetched in one round trip and the
     rest loaded in one query, dumped and cached. The JSON is the same as PostSchema's
     (it is PostSchema's, cached): a list page costs one index scan when the posts are warm.
     """
-    page = keyset_page(stmt, KEY, KEY_KINDS, limit=limit, cursor=cursor)
     cached = cache.get_many([cache.post_key(post_id) for post_id in page.items])
     missing = [post_id for post_id, entry in zip(page.items, cached, strict=True) if entry is None]
     fresh: dict[int, bytes] = {}
@@ -68,7 +110,7 @@ def _page_json(stmt, limit: int, cursor: str | None) -> bytes:
         for post_id, entry in zip(page.items, cached, strict=True)
         if entry is not None or post_id in fresh  # one deleted between the two queries is left out
     ]
-    return b'{"items":[%s],"next_cursor":%s}' % (b",".join(items), json.dumps(page.next_cursor).encode())
+    return page_json(items, page.next_cursor)
 
 
 def get_post(post_id: int, *, for_update: bool = False) -> Post:
@@ -98,23 +140,20 @@ def public_post_json(post_id: int) -> tuple[int, bytes]:
 
 def list_posts(*, limit: int, cursor: str | None, author: int | None = None, q: str | None = None) -> bytes:
     """Newest first; optionally one author's, optionally matching a web-style search."""
-    stmt = _ids().where(User.is_active)
-    if author is not None:
-        stmt = stmt.where(Post.author_id == author)
-    if q:
-        stmt = stmt.where(Post.search.op("@@")(func.websearch_to_tsquery("english", q)))
-    return _page_json(stmt, limit, cursor)
+    query = _newest_posts(active_authors=True, by_author=author is not None, search=bool(q))
+    return _page_json(query.page(limit=limit, cursor=cursor, author=author, q=q))
 
 
 def posts_of(user_id: int, *, limit: int, cursor: str | None) -> bytes:
     get_public(user_id)
-    return _page_json(_ids().where(Post.author_id == user_id), limit, cursor)
+    return _page_json(
+        _newest_posts(active_authors=False, by_author=True).page(limit=limit, cursor=cursor, author=user_id)
+    )
 
 
 def feed(user_id: int, *, limit: int, cursor: str | None) -> bytes:
-    """Posts by the users `user_id` follows, newest first."""
-    followed = select(Follow.followed_id).where(Follow.follower_id == user_id)
-    return _page_json(_ids().where(Post.author_id.in_(followed), User.is_active), limit, cursor)
+    """Posts by the active users `user_id` follows, newest first."""
+    return _page_json(_feed_query().page(limit=limit, cursor=cursor, reader=user_id))
 
 
 def create_post(author_id: int, title: str, body: str) -> Post:
@@ -122,7 +161,7 @@ def create_post(author_id: int, title: str, body: str) -> Post:
     db.session.add(post)
     bump_counters(author_id, post_count=1)
     db.session.commit()
-    cache.invalidate(cache.profile_key(author_id))
+    cache.invalidate(cache.profile_key(author_id), cache.recent_posts_key(author_id))
     return get_post(post.id)
 
 
@@ -142,7 +181,7 @@ def update_post(post_id: int, actor: User, changes: dict, if_match: ETags | None
     post.version = Post.version + 1
     post.updated_at = func.now()
     db.session.commit()
-    cache.invalidate(cache.post_key(post_id))
+    cache.invalidate(cache.post_key(post_id), cache.recent_posts_key(post.author_id))
     return get_post(post_id)
 
 
@@ -152,4 +191,4 @@ def delete_post(post_id: int, actor: User, if_match: ETags | None) -> None:
     db.session.execute(delete(Post).where(Post.id == post.id))
     bump_counters(post.author_id, post_count=-1)
     db.session.commit()
-    cache.invalidate(cache.post_key(post_id), cache.profile_key(post.author_id))
+    cache.invalidate(cache.post_key(post_id), cache.profile_key(post.author_id), cache.recent_posts_key(post.author_id))

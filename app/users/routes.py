@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from flask import Response, request
-from flask_jwt_extended import current_user
 
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
+from app.auth.tokens import current_user, current_user_id
 from app.jobs import service as jobs
 from app.jobs.routes import JOB_LOCATION, accepted
 from app.jobs.schemas import JobSchema
@@ -31,9 +31,10 @@ ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "the profil
 @blp.response(200, page_of(UserListItemSchema))
 def list_users(args):
     """Active users by id; `?q=` prefix search; `?include=posts` embeds 5 newest posts each."""
-    return service.list_users(
+    page = service.list_users_json(
         limit=args["limit"], cursor=args.get("cursor"), q=args.get("q"), include_posts="include" in args
     )
+    return Response(page, mimetype="application/json")
 
 
 @blp.route("/me")
@@ -51,7 +52,7 @@ def get_me():
 @blp.alt_response(412, response="PRECONDITION_FAILED")
 def update_me(changes):
     """Change my display name or bio. Send `If-Match` with the ETag you read."""
-    user = service.update_profile(current_user.id, changes, request.if_match)
+    user = service.update_profile(current_user_id(), changes, request.if_match)
     return user, {"ETag": f'"{etag_of(user.version)}"'}
 
 
@@ -61,7 +62,7 @@ def update_me(changes):
 def export_me():
     """Build a JSON document of my profile, posts, followers and following, as a job;
     download it from /jobs/{id}/result when the job has succeeded."""
-    return accepted(jobs.create(JobKind.EXPORT_USER, current_user.id))
+    return accepted(jobs.create(JobKind.EXPORT_USER, current_user_id()))
 
 
 @blp.route("/<id:user_id>")
@@ -89,7 +90,7 @@ def user_posts(args, user_id):
 @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 def follow(user_id):
     """Follow a user (idempotent)."""
-    service.follow(current_user.id, user_id)
+    service.follow(current_user_id(), user_id)
 
 
 @blp.route("/<id:user_id>/follow", methods=["DELETE"])
@@ -99,7 +100,7 @@ def follow(user_id):
 @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 def unfollow(user_id):
     """Stop following a user (idempotent)."""
-    service.unfollow(current_user.id, user_id)
+    service.unfollow(current_user_id(), user_id)
 
 
 @blp.route("/<id:user_id>/followers")
