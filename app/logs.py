@@ -53,6 +53,8 @@ def configure_logging(level: str, fmt: str) -> None:
 def register_request_logging(app: Flask) -> None:
     @app.after_request
     def _log_request(response):
+        if not log.isEnabledFor(logging.INFO):
+            return response
         started = g.get("started")
         claims = g.get("_jwt_extended_jwt") or {}
         duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None

@@ -102,13 +102,22 @@ def _watch_pool(app: Flask) -> None:
 def init_metrics(app: Flask) -> None:
     _watch_pool(app)
 
+    # the labelled series, looked up once each (routes and statuses are few)
+    requests: dict[tuple, Counter] = {}
+    latencies: dict[tuple, Histogram] = {}
+
     @app.after_request
     def _count(response):
-        route = request.url_rule.rule if request.url_rule else "unmatched"
+        key = (request.method, request.url_rule.rule if request.url_rule else "unmatched")
+        counted = (*key, str(response.status_code))
+        if counted not in requests:
+            requests[counted] = REQUESTS.labels(*counted)
+        requests[counted].inc()
         started = g.get("started")  # set by the request-id hook in create_app
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         if started is not None:
-            LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+            if key not in latencies:
+                latencies[key] = LATENCY.labels(*key)
+            latencies[key].observe(time.perf_counter() - started)
         return response
 
     @app.get("/metrics")

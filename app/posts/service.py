@@ -6,7 +6,7 @@ import functools
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import bindparam, delete, func, select, true
+from sqlalchemy import Select, bindparam, delete, func, select, true
 from sqlalchemy.orm import contains_eager
 from werkzeug.datastructures import ETags
 
@@ -29,13 +29,33 @@ def _with_author():
 _POST_SCHEMA = PostSchema()
 
 
-def _post_json(post: Post) -> bytes:
-    return current_app.json.dumps(_POST_SCHEMA.dump(post)).encode()
+@functools.cache
+def _public_posts() -> Select:
+    """Posts of active authors by id (`ids=`) with the author's summary, as plain
+    columns: the reads dump these (no ORM objects) and cache the JSON."""
+    return (
+        select(Post.id, Post.title, Post.body, Post.version, Post.created_at, Post.updated_at)
+        .add_columns(User.id.label("author_id"), User.username, User.display_name)
+        .join(User, User.id == Post.author_id)
+        .where(Post.id.in_(bindparam("ids", expanding=True)), User.is_active)
+    )
 
 
-def _cache_entry(post: Post, payload: bytes) -> bytes:
+def _load_public(ids: list[int]) -> dict[int, tuple[int, bytes]]:
+    """(version, JSON) of each of these posts still shown, loaded in one query and cached."""
+    dumps = current_app.json.dumps
+    found = {}
+    for row in db.session.connection().execute(_public_posts(), {"ids": ids}):
+        post = row._asdict()
+        post["author"] = {"id": row.author_id, "username": row.username, "display_name": row.display_name}
+        found[row.id] = (row.version, dumps(_POST_SCHEMA.dump(post)).encode())
+    cache.put_many([(cache.post_key(i), _cache_entry(*entry)) for i, entry in found.items()])
+    return found
+
+
+def _cache_entry(version: int, payload: bytes) -> bytes:
     """A cached post: its version (for the ETag) and its JSON, on one line each."""
-    return b"%d\n%s" % (post.version, payload)
+    return b"%d\n%s" % (version, payload)
 
 
 def _from_cache_entry(entry: bytes) -> tuple[int, bytes]:
@@ -98,17 +118,11 @@ def _page_json(page: Page) -> bytes:
     """
     cached = cache.get_many([cache.post_key(post_id) for post_id in page.items])
     missing = [post_id for post_id, entry in zip(page.items, cached, strict=True) if entry is None]
-    fresh: dict[int, bytes] = {}
-    if missing:
-        entries = []
-        for post in db.session.scalars(_with_author().where(Post.id.in_(missing))):
-            fresh[post.id] = _post_json(post)
-            entries.append((cache.post_key(post.id), _cache_entry(post, fresh[post.id])))
-        cache.put_many(entries)
+    fresh = _load_public(missing) if missing else {}
     items = [
-        _from_cache_entry(entry)[1] if entry is not None else fresh[post_id]
+        _from_cache_entry(entry)[1] if entry is not None else fresh[post_id][1]
         for post_id, entry in zip(page.items, cached, strict=True)
-        if entry is not None or post_id in fresh  # one deleted between the two queries is left out
+        if entry is not None or post_id in fresh  # one deleted (or hidden) between the two queries is left out
     ]
     return page_json(items, page.next_cursor)
 
@@ -126,16 +140,13 @@ def get_post(post_id: int, *, for_update: bool = False) -> Post:
 def public_post_json(post_id: int) -> tuple[int, bytes]:
     """A post of an active author with its author summary, as (version, JSON); from the
     cache when it is there."""
-    key = cache.post_key(post_id)
-    cached = cache.get(key)
+    cached = cache.get(cache.post_key(post_id))
     if cached is not None:
         return _from_cache_entry(cached)
-    post = get_post(post_id)
-    if not post.author.is_active:
+    found = _load_public([post_id]).get(post_id)
+    if found is None:
         raise NotFound(f"No post with id {post_id}.")
-    payload = _post_json(post)
-    cache.put(key, _cache_entry(post, payload))
-    return post.version, payload
+    return found
 
 
 def list_posts(*, limit: int, cursor: str | None, author: int | None = None, q: str | None = None) -> bytes:
