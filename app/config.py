@@ -47,10 +47,10 @@ def _bool(name: str, default: bool) -> bool:
 
 
 def database_url(raw: str) -> str:
-    """Accept the Heroku-style `postgres://` scheme and pin the psycopg2 driver."""
+    """Accept the Heroku-style `postgres://` scheme and pin the psycopg (3) driver."""
     for prefix in ("postgres://", "postgresql://"):
         if raw.startswith(prefix):
-            return "postgresql+psycopg2://" + raw[len(prefix) :]
+            return "postgresql+psycopg://" + raw[len(prefix) :]
     return raw
 
 
@@ -69,6 +69,9 @@ def engine_options(behind_pgbouncer: bool) -> dict:
     if behind_pgbouncer:
         from sqlalchemy.pool import NullPool
 
+        # a statement prepared on one server connection is unknown on the next
+        # (PgBouncer 1.21+ can track them: max_prepared_statements; 1.18 cannot)
+        connect_args["prepare_threshold"] = None
         return {"poolclass": NullPool, "connect_args": connect_args}
     # a runaway query never holds a connection past the request budget
     connect_args["options"] = f"-c statement_timeout={_int('DB_STATEMENT_TIMEOUT_MS', 15000)}"

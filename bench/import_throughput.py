@@ -45,8 +45,9 @@ def main(lines: int) -> None:
             raw = db.engine.raw_connection()
             try:
                 started = time.perf_counter()
-                with raw.cursor() as cursor:
-                    cursor.copy_expert("COPY posts (author_id, external_id, title, body) FROM STDIN", buffer)
+                copy_sql = "COPY posts (author_id, external_id, title, body) FROM STDIN"
+                with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
+                    copy.write(buffer.getvalue())
                 raw.commit()
                 copy_seconds = time.perf_counter() - started
             finally:

@@ -58,8 +58,10 @@ def flask(env: dict, *args: str) -> str:
 
 def seed(env: dict) -> str:
     """Seed once; the users' shared password is kept beside the results."""
+    from app.config import database_url
+
     password_file = RESULTS / ".bench-password"
-    engine = create_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg2://", 1))
+    engine = create_engine(database_url(env["DATABASE_URL"]))
     try:
         with engine.connect() as conn:
             users = conn.scalar(text("SELECT count(*) FROM users"))

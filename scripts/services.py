@@ -70,10 +70,10 @@ def stop_postgres() -> None:
 
 
 def _ensure_database(socket_dir: Path) -> None:
-    import psycopg2
+    import psycopg
 
-    conn = psycopg2.connect(dbname="postgres", user="postgres", host=str(socket_dir))
-    conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction
+    # autocommit: CREATE DATABASE refuses to run in a transaction
+    conn = psycopg.connect(dbname="postgres", user="postgres", host=str(socket_dir), autocommit=True)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))

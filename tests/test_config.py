@@ -23,7 +23,7 @@ def production_env(monkeypatch):
 def test_production_with_strong_settings_loads(production_env):
     cfg = config.load()
     assert cfg["APP_ENV"] == "production"
-    assert cfg["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg2://u:p@db.internal:5432/app"
+    assert cfg["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://u:p@db.internal:5432/app"
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,7 @@ def test_readyz_is_503_when_postgres_is_unreachable(app):
         {
             "APP_ENV": "test",
             "REDIS_URL": app.config["REDIS_URL"],
-            "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg2://nobody@127.0.0.1:1/none",
+            "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://nobody@127.0.0.1:1/none",
         }
     )
     response = cut_off.test_client().get("/readyz")

@@ -147,7 +147,7 @@ def test_metrics_still_answer_when_postgres_is_down(app):
             "APP_ENV": "test",
             "REDIS_URL": app.config["REDIS_URL"],
             "METRICS_TOKEN": "t0ken",
-            "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg2://nobody@127.0.0.1:1/none",
+            "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://nobody@127.0.0.1:1/none",
         }
     )
     client = cut_off.test_client()

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 
-import psycopg2
+import psycopg
 import pytest
 from flask_migrate import upgrade
 from sqlalchemy import select
@@ -93,7 +93,7 @@ def test_postgres_down_while_serving_then_back_without_a_restart(app, tmp_path):
         assert status == 201
         acknowledged.append(post["id"])
         assert http("GET", f"{base}/readyz")[0] == 200
-        with psycopg2.connect(pg.url) as conn, conn.cursor() as cursor:
+        with psycopg.connect(pg.url) as conn, conn.cursor() as cursor:
             cursor.execute("SELECT id FROM posts")
             stored = {row[0] for row in cursor.fetchall()}
         assert set(acknowledged) <= stored

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 
-import psycopg2
+import psycopg
 import pytest
 from sqlalchemy.pool import NullPool
 
@@ -58,9 +58,9 @@ def pgbouncer(test_db_url):
     deadline = time.monotonic() + 10
     while True:
         try:
-            psycopg2.connect(host="127.0.0.1", port=port, dbname=test_db_url.database, user=user).close()
+            psycopg.connect(host="127.0.0.1", port=port, dbname=test_db_url.database, user=user).close()
             break
-        except psycopg2.OperationalError:
+        except psycopg.OperationalError:
             if time.monotonic() > deadline or process.poll() is not None:
                 log_path = f"{workdir}/pgbouncer.log"
                 log = open(log_path).read() if os.path.exists(log_path) else ""  # noqa: SIM115
