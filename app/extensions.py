@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import redis
-from flask import current_app
+from flask import current_app, has_request_context, request
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
+from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import MetaData
@@ -27,7 +28,38 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-db = SQLAlchemy(model_class=Base)
+READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ReadsWithoutTransaction(FlaskSQLAlchemySession):
+    """The session of a GET / HEAD / OPTIONS request runs each query on its own, in
+    autocommit: no route changes anything on those methods, and a transaction would
+    cost a BEGIN and a ROLLBACK round trip on every read request, and throw away
+    psycopg's prepared statements (it drops them all at each ROLLBACK).
+
+    Lists already take each query's snapshot as it comes (a post deleted between the
+    ids and the posts is left out). Every other method keeps its one transaction.
+    """
+
+    def get_bind(self, mapper=None, clause=None, bind=None, **kwargs):
+        engine = super().get_bind(mapper, clause, bind, **kwargs)
+        if bind is None and has_request_context() and request.method in READ_ONLY_METHODS:
+            return _autocommit(engine)
+        return engine
+
+
+_autocommit_engines: dict[int, tuple] = {}
+
+
+def _autocommit(engine):
+    """The engine as an autocommit view sharing its pool (built once per engine)."""
+    entry = _autocommit_engines.get(id(engine))
+    if entry is None or entry[0] is not engine:
+        entry = _autocommit_engines[id(engine)] = (engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
+    return entry[1]
+
+
+db = SQLAlchemy(model_class=Base, session_options={"class_": ReadsWithoutTransaction})
 migrate = Migrate()
 jwt = JWTManager()
 

@@ -95,3 +95,30 @@ def test_a_warm_page_of_posts_is_one_index_query(client, count_queries):
         warm = client.get("/api/v1/posts?limit=20").get_json()
     assert warm == cold
     assert counter.count == 1
+
+
+@pytest.mark.no_transaction
+def test_reads_run_without_a_transaction_writes_in_one(app, client):
+    """GET requests query in autocommit (no BEGIN / ROLLBACK round trips); any other
+    method keeps its one transaction. (The other tests run inside a rolled-back
+    transaction of their own, so this one uses the app's real session.)"""
+    from sqlalchemy import event, select
+
+    seen = []
+
+    def record(conn, _cursor, statement, *_args):
+        seen.append((statement.split()[0], conn.connection.dbapi_connection.autocommit))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert client.get("/api/v1/posts").status_code == 200
+        assert seen and all(autocommit for _, autocommit in seen)
+        seen.clear()
+        with app.test_request_context("/api/v1/posts", method="POST"):
+            db.session.execute(select(1))
+            db.session.remove()
+        assert seen == [("SELECT", False)]
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
