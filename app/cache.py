@@ -45,10 +45,18 @@ if hits < n then redis.call('INCRBY', KEYS[n + 2], n - hits) end
 return values
 """
 # SET unless a writer invalidated the key moments ago
+# SET each key (KEYS: key, its tombstone, key, its tombstone, ...; ARGV: ttl, values in
+# order) unless a writer invalidated it moments ago; one script, not a pipeline of
+# scripts (redis-py asks SCRIPT EXISTS before every such pipeline: a second round trip)
 _PUT_UNLESS_INVALIDATED = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
+local written = 0
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    redis.call('SET', KEYS[i], ARGV[(i + 1) / 2 + 1], 'EX', ARGV[1])
+    written = written + 1
+  end
+end
+return written
 """
 
 
@@ -100,23 +108,16 @@ def put_many(entries: list[tuple[str, bytes]]) -> None:
     """put() for several entries, in one round trip."""
     if not entries:
         return
+    keys = [name for key, _ in entries for name in (key, f"{key}:tombstone")]
     try:
         ttl = current_app.config["CACHE_TTL_SECONDS"]
-        script = _script(_PUT_UNLESS_INVALIDATED)
-        pipe = _client().pipeline(transaction=False)
-        for key, payload in entries:
-            script(keys=[key, f"{key}:tombstone"], args=[payload, ttl], client=pipe)
-        pipe.execute()
+        _script(_PUT_UNLESS_INVALIDATED)(keys=keys, args=[ttl, *(payload for _, payload in entries)])
     except RedisError as exc:
         log.warning("cache write skipped (%s)", exc)
 
 
 def put(key: str, payload: bytes) -> None:
-    try:
-        ttl = current_app.config["CACHE_TTL_SECONDS"]
-        _script(_PUT_UNLESS_INVALIDATED)(keys=[key, f"{key}:tombstone"], args=[payload, ttl])
-    except RedisError as exc:
-        log.warning("cache write skipped (%s)", exc)
+    put_many([(key, payload)])
 
 
 def invalidate(*keys: str) -> None:

@@ -177,7 +177,7 @@ def main() -> int:
         for user_id in range(1, USERS + 1):  # fill the cache before measuring it
             urllib.request.urlopen(f"{app_base}/api/v1/users/{user_id}", timeout=10).read()
         call("GET", f"{app_base}/api/v1/feed", token=token)  # asks the worker for the revocation mirror
-        time.sleep(2)
+        wait_for_revocation_mirror(redis_url)
         scenarios = [
             {"name": "ceiling: bare Flask JSON", "base": ceiling_base, "path": "/ping"},
             {"name": "GET /users/{id} (cached)", "path": "/api/v1/users/{id}", "max_id": USERS},
@@ -218,6 +218,21 @@ def main() -> int:
             process.wait(timeout=30)
     report(results, hit_rate)
     return 0
+
+
+def wait_for_revocation_mirror(redis_url: str, seconds: float = 60) -> None:
+    """Until the worker has mirrored the revocations, every authenticated request also
+    asks PostgreSQL: measure the steady state, not the first seconds after a start."""
+    import redis
+
+    from app.auth.revocation import READY
+
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + seconds
+    while not client.exists(READY):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker did not build the revocation mirror; see bench/results/worker.log")
+        time.sleep(0.2)
 
 
 def cache_hit_rate(redis_url: str) -> float | None:

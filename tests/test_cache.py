@@ -137,6 +137,14 @@ def test_a_reader_cannot_put_back_what_a_writer_just_invalidated(app, redis_clie
     assert redis_client.get(key) is None
 
 
+def test_put_many_skips_only_the_entries_just_invalidated(app, redis_client):
+    fresh, invalidated, other = (cache.post_key(i) for i in (1, 2, 3))
+    cache.invalidate(invalidated)
+    cache.put_many([(fresh, b"one"), (invalidated, b"two"), (other, b"three")])
+    assert [redis_client.get(k) for k in (fresh, invalidated, other)] == [b"one", None, b"three"]
+    assert 0 < redis_client.ttl(fresh) <= 300 and 0 < redis_client.ttl(other) <= 300
+
+
 def test_author_posts_fan_out_drops_every_cached_post_of_the_author(client, redis_client):
     from worker.tasks import invalidate_author_posts
 
