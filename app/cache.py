@@ -10,12 +10,15 @@ that cannot run. A delete also leaves a short tombstone, so a reader that loaded
 before the write cannot put the old version back.
 
 Every Redis call is guarded: with Redis down, reads go to PostgreSQL and writes succeed.
-Hits and misses are counted in Redis, in the same round trip as the read.
+Hits and misses are counted by each process and added to shared counters in Redis at
+most once a second.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from flask import current_app
 from redis.exceptions import RedisError
@@ -28,22 +31,52 @@ HITS = "cache:stats:hits"
 MISSES = "cache:stats:misses"
 TOMBSTONE_SECONDS = 5
 
-# GET the key and count the hit or miss: one round trip
-_GET_COUNTED = """
-local value = redis.call('GET', KEYS[1])
-if value then redis.call('INCR', KEYS[2]) else redis.call('INCR', KEYS[3]) end
-return value
-"""
-# GET many keys (the last two KEYS are the counters) and count hits and misses
-_GET_MANY_COUNTED = """
-local n = #KEYS - 2
-local values = redis.call('MGET', unpack(KEYS, 1, n))
-local hits = 0
-for i = 1, n do if values[i] then hits = hits + 1 end end
-if hits > 0 then redis.call('INCRBY', KEYS[n + 1], hits) end
-if hits < n then redis.call('INCRBY', KEYS[n + 2], n - hits) end
-return values
-"""
+TALLY_SECONDS = 1.0
+
+
+class _Tally:
+    """This process's hits and misses, added to the shared counters in Redis at most once
+    a second: reads stay plain GET / MGET (counting in the same round trip took a Lua
+    script on every read). A process that exits drops at most its last second of counts.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self.lock = threading.Lock()
+        self.hits = self.misses = 0
+        self.due = time.monotonic() + TALLY_SECONDS
+
+    def add(self, hits: int, misses: int) -> None:
+        with self.lock:
+            self.hits += hits
+            self.misses += misses
+            due = time.monotonic() >= self.due
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            hits, misses, self.hits, self.misses = self.hits, self.misses, 0, 0
+            self.due = time.monotonic() + TALLY_SECONDS
+        if not hits and not misses:
+            return
+        try:
+            self.client.pipeline(transaction=False).incrby(HITS, hits).incrby(MISSES, misses).execute()
+        except RedisError as exc:
+            log.warning("cache counts kept for later (%s)", exc)
+            with self.lock:
+                self.hits += hits
+                self.misses += misses
+
+
+def _tally() -> _Tally:
+    client = _client()
+    tally = current_app.extensions.get("cache_tally")
+    if tally is None or tally.client is not client:
+        tally = current_app.extensions["cache_tally"] = _Tally(client)
+    return tally
+
+
 # SET unless a writer invalidated the key moments ago
 # SET each key (KEYS: key, its tombstone, key, its tombstone, ...; ARGV: ttl, values in
 # order) unless a writer invalidated it moments ago; one script, not a pipeline of
@@ -86,10 +119,12 @@ def _script(source: str):
 
 def get(key: str) -> bytes | None:
     try:
-        return _script(_GET_COUNTED)(keys=[key, HITS, MISSES])
+        value = _client().get(key)
     except RedisError as exc:
         log.warning("cache read skipped (%s)", exc)
         return None
+    _tally().add(value is not None, value is None)
+    return value
 
 
 def get_many(keys: list[str]) -> list[bytes | None]:
@@ -97,11 +132,13 @@ def get_many(keys: list[str]) -> list[bytes | None]:
     if not keys:
         return []
     try:
-        values = _script(_GET_MANY_COUNTED)(keys=[*keys, HITS, MISSES])
+        values = _client().mget(keys)
     except RedisError as exc:
         log.warning("cache read skipped (%s)", exc)
         return [None] * len(keys)
-    return [value or None for value in values]
+    hits = sum(value is not None for value in values)
+    _tally().add(hits, len(values) - hits)
+    return values
 
 
 def put_many(entries: list[tuple[str, bytes]]) -> None:
@@ -143,6 +180,8 @@ def delete_now(keys) -> None:
 
 
 def stats() -> dict:
+    """The shared counters, this process's latest counts included."""
+    _tally().flush()
     hits, misses = (int(v or 0) for v in _client().mget(HITS, MISSES))
     total = hits + misses
     return {"hits": hits, "misses": misses, "hit_rate": hits / total if total else 0.0}

@@ -133,6 +133,7 @@ def redis_client(app):
     with app.app_context():
         client = redis_store.client
     client.flushdb()
+    app.extensions.pop("cache_tally", None)  # like a fresh process: no counts of the last test
     return client
 
 

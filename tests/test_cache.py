@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -26,6 +27,17 @@ def test_profile_is_served_from_the_cache_without_sql(client, count_queries, red
     assert queries.count == 0
     assert cache.stats() == {"hits": 1, "misses": 1, "hit_rate": 0.5}
     assert 0 < redis_client.ttl(cache.profile_key(user.id)) <= 300
+
+
+def test_counts_reach_the_shared_counters_within_a_second(client, redis_client):
+    """Each process adds its hits and misses to Redis at most once a second, so other
+    processes (the CLI, a scrape of /metrics) see them that late at most."""
+    user = UserFactory()
+    client.get(f"{USERS}/{user.id}")  # a miss, counted in this process for now
+    assert redis_client.mget(cache.HITS, cache.MISSES) == [None, None]
+    time.sleep(cache.TALLY_SECONDS + 0.1)
+    client.get(f"{USERS}/{user.id}")  # a hit; a second has passed: both go to Redis
+    assert redis_client.mget(cache.HITS, cache.MISSES) == [b"1", b"1"]
 
 
 def test_cached_entries_hold_nothing_private(client, login, redis_client):
