@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 from flask_jwt_extended import decode_token
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app.auth import revocation
 from app.extensions import RedisStore, db
-from app.models import AuthSession, RevokedToken
+from app.models import AuthSession, RevokedToken, User
 from tests.factories import PASSWORD, UserFactory
 from tests.redis_server import RedisServer
 
@@ -138,6 +138,20 @@ def test_deactivated_user_tokens_stop_working(client, alice):
     db.session.commit()
     assert client.get(ME, headers=bearer(pair["access_token"])).status_code == 401
     assert client.post(f"{AUTH}/refresh", headers=bearer(pair["refresh_token"])).status_code == 401
+
+
+def test_a_user_deleted_by_hand_gets_401_on_writes_not_a_500(client, alice):
+    """Writes load the caller (reads of the feed take the id off the token): a user row
+    deleted in SQL while a token lives must not reach a foreign key as a 500."""
+    other = UserFactory()
+    headers = bearer(log_in(client, "alice")["access_token"])
+    db.session.execute(delete(User).where(User.id == alice.id))
+    db.session.commit()
+    assert client.post("/api/v1/posts", json={"title": "t", "body": "b"}, headers=headers).status_code == 401
+    assert client.patch(ME, json={"bio": "x"}, headers=headers).status_code == 401
+    assert client.put(f"/api/v1/users/{other.id}/follow", headers=headers).status_code == 401
+    assert client.post("/api/v1/users/me/export", headers=headers).status_code == 401
+    assert client.get("/api/v1/feed", headers=headers).get_json()["items"] == []
 
 
 # -- the revocation mirror --------------------------------------------------------------

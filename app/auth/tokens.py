@@ -46,9 +46,11 @@ def issue_tokens(user: User, session: AuthSession) -> dict:
 def current_user_id() -> int:
     """The id of the caller of a `login_required` route, read off its verified token.
 
-    A route that needs only the id asks this and costs no query: a deactivated user's
-    sessions are revoked in the same transaction (admin.set_account), so the revocation
-    check has already turned their tokens away.
+    For reads that need only the id (the feed, my jobs, my sessions): no query. A
+    deactivated user's sessions are revoked in the same commit as the flag
+    (admin.set_account), so the revocation check has already turned their tokens away.
+    Writes on the caller's behalf use `current_user`, which also refuses an account
+    that is gone (say, deleted by hand in SQL) instead of failing on its foreign key.
     """
     return int(get_jwt()["sub"])
 

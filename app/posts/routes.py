@@ -37,7 +37,7 @@ def list_posts(args):
 @blp.response(201, PostSchema, headers={"Location": {"schema": {"type": "string"}}, **ETAG_HEADER})
 def create_post(body):
     """Write a post."""
-    post = service.create_post(current_user_id(), body["title"], body["body"])
+    post = service.create_post(current_user.id, body["title"], body["body"])
     return post, {"Location": url_for("posts.get_post", post_id=post.id), **_etag(post)}
 
 
@@ -90,7 +90,7 @@ def import_posts(files, form):
     used is skipped, so sending a file twice imports it once."""
     upload = files["file"]
     job = imports.start(
-        current_user_id(), upload.read(), upload.filename or "", upload.mimetype or "", form.get("format")
+        current_user.id, upload.read(), upload.filename or "", upload.mimetype or "", form.get("format")
     )
     return accepted(job)
 

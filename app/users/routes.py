@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, request
 
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
-from app.auth.tokens import current_user, current_user_id
+from app.auth.tokens import current_user
 from app.jobs import service as jobs
 from app.jobs.routes import JOB_LOCATION, accepted
 from app.jobs.schemas import JobSchema
@@ -52,7 +52,7 @@ def get_me():
 @blp.alt_response(412, response="PRECONDITION_FAILED")
 def update_me(changes):
     """Change my display name or bio. Send `If-Match` with the ETag you read."""
-    user = service.update_profile(current_user_id(), changes, request.if_match)
+    user = service.update_profile(current_user.id, changes, request.if_match)
     return user, {"ETag": f'"{etag_of(user.version)}"'}
 
 
@@ -62,7 +62,7 @@ def update_me(changes):
 def export_me():
     """Build a JSON document of my profile, posts, followers and following, as a job;
     download it from /jobs/{id}/result when the job has succeeded."""
-    return accepted(jobs.create(JobKind.EXPORT_USER, current_user_id()))
+    return accepted(jobs.create(JobKind.EXPORT_USER, current_user.id))
 
 
 @blp.route("/<id:user_id>")
@@ -90,7 +90,7 @@ def user_posts(args, user_id):
 @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 def follow(user_id):
     """Follow a user (idempotent)."""
-    service.follow(current_user_id(), user_id)
+    service.follow(current_user.id, user_id)
 
 
 @blp.route("/<id:user_id>/follow", methods=["DELETE"])
@@ -100,7 +100,7 @@ def follow(user_id):
 @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 def unfollow(user_id):
     """Stop following a user (idempotent)."""
-    service.unfollow(current_user_id(), user_id)
+    service.unfollow(current_user.id, user_id)
 
 
 @blp.route("/<id:user_id>/followers")
