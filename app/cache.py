@@ -2,8 +2,8 @@
 /users?include=posts) and a post with its author.
 
 Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `post:v1:{id}`) and live
-CACHE_TTL_SECONDS. Only what
-anyone may see is cached (never email, role, `/me` or admin views). Writers delete the
+CACHE_TTL_SECONDS. Only what anyone may see is cached (never email, role, `/me` or admin
+views). Writers delete the
 key right after their transaction commits, so the next read on any process is fresh;
 a delete that fails is retried by a Celery task, and the TTL bounds staleness if even
 that cannot run. A delete also leaves a short tombstone, so a reader that loaded the row
@@ -77,7 +77,6 @@ def _tally() -> _Tally:
     return tally
 
 
-# SET unless a writer invalidated the key moments ago
 # SET each key (KEYS: key, its tombstone, key, its tombstone, ...; ARGV: ttl, values in
 # order) unless a writer invalidated it moments ago; one script, not a pipeline of
 # scripts (redis-py asks SCRIPT EXISTS before every such pipeline: a second round trip)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import redis
 from flask import current_app, has_request_context, request
 from flask_jwt_extended import JWTManager
@@ -48,15 +50,10 @@ class ReadsWithoutTransaction(FlaskSQLAlchemySession):
         return engine
 
 
-_autocommit_engines: dict[int, tuple] = {}
-
-
+@functools.cache
 def _autocommit(engine):
     """The engine as an autocommit view sharing its pool (built once per engine)."""
-    entry = _autocommit_engines.get(id(engine))
-    if entry is None or entry[0] is not engine:
-        entry = _autocommit_engines[id(engine)] = (engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
-    return entry[1]
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 db = SQLAlchemy(model_class=Base, session_options={"class_": ReadsWithoutTransaction})
