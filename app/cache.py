@@ -10,8 +10,8 @@ that cannot run. A delete also leaves a short tombstone, so a reader that loaded
 before the write cannot put the old version back.
 
 Every Redis call is guarded: with Redis down, reads go to PostgreSQL and writes succeed.
-Hits and misses are counted by each process and added to shared counters in Redis at
-most once a second.
+Hits and misses are counted by each process and added to shared counters in Redis
+once a second at most (see _Tally).
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ TALLY_SECONDS = 1.0
 
 
 class _Tally:
-    """This process's hits and misses, added to the shared counters in Redis at most once
-    a second: reads stay plain GET / MGET (counting in the same round trip took a Lua
-    script on every read). A process that exits drops at most its last second of counts.
+    """This process's hits and misses, added to the shared counters in Redis by the first
+    cache read after a second has passed (and by `stats()`): reads stay plain GET / MGET
+    (counting in the same round trip took a Lua script on every read). The shared
+    counters lag by the counts of the last second of each process: an idle process
+    keeps them until its next read, one that exits drops them.
     """
 
     def __init__(self, client):

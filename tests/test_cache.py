@@ -30,8 +30,8 @@ def test_profile_is_served_from_the_cache_without_sql(client, count_queries, red
 
 
 def test_counts_reach_the_shared_counters_within_a_second(client, redis_client):
-    """Each process adds its hits and misses to Redis at most once a second, so other
-    processes (the CLI, a scrape of /metrics) see them that late at most."""
+    """A process adds its hits and misses to Redis with its first cache read after a
+    second has passed, so other processes (the CLI, a scrape of /metrics) see them then."""
     user = UserFactory()
     client.get(f"{USERS}/{user.id}")  # a miss, counted in this process for now
     assert redis_client.mget(cache.HITS, cache.MISSES) == [None, None]

@@ -42,8 +42,9 @@ def _followed_authors(reader_id: int, n: int, posts_each: int = 1):
         ),
         # lists of posts: the ids, then the posts not yet cached
         ("/api/v1/posts?limit=100", lambda r, n: PostFactory.create_batch(n), 2),
-        # (+ the revocation check: with no revocation mirror in Redis, as here, it asks SQL)
-        ("/api/v1/feed?limit=100", lambda r, n: _followed_authors(r, n), 3),
+        # + the caller's active flag, and the revocation check (with no revocation mirror in
+        # Redis, as here, it asks SQL)
+        ("/api/v1/feed?limit=100", lambda r, n: _followed_authors(r, n), 4),
         (
             "/api/v1/users/{reader}/followers?limit=100",
             lambda r, n: [FollowFactory(followed_id=r) for _ in range(n)],

@@ -116,7 +116,8 @@ def recent_posts_json(user_ids: list[int], per_user: int = RECENT_POSTS) -> dict
             .limit(per_user)
             .lateral()
         )
-        for row in db.session.execute(select(newest).select_from(authors).join(newest, true())):
+        rows = select(newest).select_from(authors).join(newest, true())
+        for row in db.session.execute(rows.order_by(newest.c.created_at.desc(), newest.c.id.desc())):
             by_author[row.author_id].append(row)
     dumps = current_app.json.dumps
     return {user_id: dumps(_POST_BRIEFS.dump(rows)).encode() for user_id, rows in by_author.items()}
