@@ -61,8 +61,7 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
     user.version = User.version + 1
     user.updated_at = func.now()
     if is_active is False:
-        # in the same commit as the flag: requests trust the token check alone for
-        # "is this user still allowed in" (app.auth.tokens.current_user_id)
+        # in the same commit as the flag: no token of theirs outlives the change
         revoke_all_sessions(user_id, reason="deactivated")
     else:
         db.session.commit()

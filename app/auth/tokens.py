@@ -45,6 +45,10 @@ def issue_tokens(user: User, session: AuthSession) -> dict:
     }
 
 
+def _account_gone() -> Unauthorized:
+    return Unauthorized("The account of this token no longer exists or is inactive.", headers=BEARER_CHALLENGE)
+
+
 @functools.cache
 def _is_active() -> Select:
     return select(User.is_active).where(User.id == bindparam("user_id"))
@@ -63,7 +67,7 @@ def current_user_id() -> int:
         return checked[1]
     user_id = int(token["sub"])
     if not db.session.connection().execute(_is_active(), {"user_id": user_id}).scalar():
-        raise Unauthorized("The account of this token no longer exists or is inactive.", headers=BEARER_CHALLENGE)
+        raise _account_gone()
     g.caller_id = (token, user_id)
     return user_id
 
@@ -75,7 +79,7 @@ def _load_current_user() -> User:
         return loaded[1]
     user = db.session.get(User, int(token["sub"]))
     if user is None or not user.is_active:
-        raise Unauthorized("The account of this token no longer exists or is inactive.", headers=BEARER_CHALLENGE)
+        raise _account_gone()
     g.current_user = (token, user)
     return user
 
