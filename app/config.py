@@ -116,6 +116,11 @@ def load(overrides: dict | None = None) -> dict:
         # the profile/post cache: may be its own Redis (an LRU one) in production
         "CACHE_REDIS_URL": os.environ.get("CACHE_REDIS_URL", redis_url),
         "CACHE_TTL_SECONDS": _int("CACHE_TTL_SECONDS", 300),
+        # the room (bytes) for each process's copies of entries it has read, dropped when Redis
+        # reports a change; 0 turns them off (a Redis, proxy or cluster without CLIENT TRACKING)
+        "CACHE_LOCAL_MAX_BYTES": _int("CACHE_LOCAL_MAX_BYTES", 16 * 1024 * 1024),
+        # the longest a copy is kept, should the connection that reports changes die unseen
+        "CACHE_LOCAL_TTL_SECONDS": _int("CACHE_LOCAL_TTL_SECONDS", 60),
         # jobs: a running job whose heartbeat is older than this is presumed dead
         "JOB_STALE_SECONDS": _int("JOB_STALE_SECONDS", 120),
         "JOB_REAPER_INTERVAL_SECONDS": _int("JOB_REAPER_INTERVAL_SECONDS", 30),

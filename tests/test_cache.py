@@ -63,7 +63,9 @@ def test_profile_edit_is_read_back_at_once_on_any_web_process(app, client, login
             "REDIS_URL": app.config["REDIS_URL"],
         }
     ).test_client()
-    client.get(f"{USERS}/{user.id}")  # cached
+    client.get(f"{USERS}/{user.id}")  # cached in Redis
+    for process in (client, other_process):  # and a copy kept by each process
+        assert process.get(f"{USERS}/{user.id}").get_json()["display_name"] == "Before"
     assert client.patch(f"{USERS}/me", json={"display_name": "After"}, headers=login(user)).status_code == 200
     assert client.get(f"{USERS}/{user.id}").get_json()["display_name"] == "After"
     assert other_process.get(f"{USERS}/{user.id}").get_json()["display_name"] == "After"
@@ -155,6 +157,86 @@ def test_put_many_skips_only_the_entries_just_invalidated(app, redis_client):
     cache.put_many([(fresh, b"one"), (invalidated, b"two"), (other, b"three")])
     assert [redis_client.get(k) for k in (fresh, invalidated, other)] == [b"one", None, b"three"]
     assert 0 < redis_client.ttl(fresh) <= 300 and 0 < redis_client.ttl(other) <= 300
+
+
+def redis_reads(redis_client) -> int:
+    """MGET calls the Redis server has answered so far (the cache reads with MGET)."""
+    return redis_client.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+
+
+def test_a_second_read_is_served_by_the_process_until_redis_reports_a_change(app, redis_client):
+    key = cache.profile_key(1)
+    redis_client.set(key, b"one")
+    assert cache.get(key) == b"one"  # from Redis; this process keeps a copy
+    reads = redis_reads(redis_client)
+    assert [cache.get(key), cache.get(key)] == [b"one", b"one"]
+    assert redis_reads(redis_client) == reads  # no round trip
+    redis_client.set(key, b"two")  # as another process's fill or a hand edit would
+    assert cache.get(key) == b"two"
+    assert cache.get(key) == b"two"
+    redis_client.delete(key)  # as a writer's invalidation
+    assert cache.get(key) is None
+    redis_client.set(key, b"three")
+    assert cache.get_many([key, cache.post_key(9)]) == [b"three", None]
+    redis_client.flushdb()
+    assert cache.get(key) is None
+    assert cache.stats() == {"hits": 6, "misses": 3, "hit_rate": 6 / 9}
+
+
+def test_a_copy_goes_when_its_key_expires_in_redis(app, redis_client):
+    key = cache.post_key(1)
+    redis_client.set(key, b"short-lived", px=100)
+    assert cache.get(key) == b"short-lived"
+    deadline = time.monotonic() + 3  # Redis expires keys in the background, ~10 times a second
+    while cache.get(key) is not None:
+        assert time.monotonic() < deadline, "the copy outlived its key"
+        time.sleep(0.05)
+
+
+def test_copies_are_forgotten_when_the_change_reports_stop(app, redis_client, monkeypatch):
+    monkeypatch.setattr(cache.LocalCopies, "RETRY_SECONDS", 0.0)
+    key = cache.profile_key(2)
+    redis_client.set(key, b"before")
+    cache.get(key)
+    assert cache.get(key) == b"before"  # a copy
+    # the connections that receive their own reports (this process's, and any other app's)
+    listeners = [c["id"] for c in redis_client.client_list() if c["redir"] == c["id"]]
+    assert listeners
+    for listener in listeners:
+        redis_client.client_kill_filter(_id=listener)
+    redis_client.set(key, b"after")  # no report reaches this process now
+    assert cache.get(key) == b"after"  # the lost connection is seen: copies are not trusted
+    cache.get(key)  # reports are received again (a new connection) and a copy kept
+    reads = redis_reads(redis_client)
+    assert cache.get(key) == b"after"
+    assert redis_reads(redis_client) == reads
+    redis_client.set(key, b"again")
+    assert cache.get(key) == b"again"
+
+
+def test_local_copies_can_be_turned_off(app, redis_client, monkeypatch):
+    monkeypatch.setitem(app.config, "CACHE_LOCAL_MAX_BYTES", 0)
+    key = cache.profile_key(3)
+    redis_client.set(key, b"one")
+    reads = redis_reads(redis_client)
+    assert [cache.get(key), cache.get(key)] == [b"one", b"one"]
+    assert redis_reads(redis_client) == reads + 2
+
+
+def test_copies_stay_within_their_room(app, redis_client, monkeypatch):
+    monkeypatch.setitem(app.config, "CACHE_LOCAL_MAX_BYTES", 10)
+    monkeypatch.delitem(app.extensions, "cache_local", raising=False)  # made again with the new room
+    small, large, other = cache.post_key(1), cache.post_key(2), cache.post_key(3)
+    redis_client.mset({small: b"12345", large: b"12345678901", other: b"678901"})
+    cache.get_many([small, large])
+    reads = redis_reads(redis_client)
+    assert cache.get(small) == b"12345"  # a copy
+    assert redis_reads(redis_client) == reads
+    assert cache.get(large) == b"12345678901"  # larger than the room: never kept
+    assert redis_reads(redis_client) == reads + 1
+    cache.get(other)  # kept; the least recently used copy makes room
+    assert cache.get(small) == b"12345"
+    assert redis_reads(redis_client) == reads + 3
 
 
 def test_author_posts_fan_out_drops_every_cached_post_of_the_author(client, redis_client):
