@@ -80,9 +80,10 @@ def engine_options(behind_pgbouncer: bool) -> dict:
         "max_overflow": _int("DB_MAX_OVERFLOW", 10),
         "pool_timeout": _int("DB_POOL_TIMEOUT", 5),
         "pool_recycle": _int("DB_POOL_RECYCLE", 1800),
-        # a round trip per checkout that hides a restarted server from requests; off, the
-        # first request on each dead connection gets a 503 and the pool reconnects
-        "pool_pre_ping": _bool("DB_POOL_PRE_PING", True),
+        # a ping (a round trip) per checkout; off by default: a connection the server ended
+        # is found without one (extensions.hand_out_live_connections); on for networks
+        # that drop idle connections silently
+        "pool_pre_ping": _bool("DB_POOL_PRE_PING", False),
         "connect_args": connect_args,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import select
 
 import redis
 from flask import current_app, has_request_context, request
@@ -13,7 +14,8 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase
 
 # Stable constraint names, so migrations and error mapping can refer to them.
@@ -57,6 +59,31 @@ def _autocommit(engine):
 
 
 db = SQLAlchemy(model_class=Base, session_options={"class_": ReadsWithoutTransaction})
+
+
+def hand_out_live_connections(engine) -> None:
+    """Check each pooled connection as a request takes it, without a round trip.
+
+    An idle PostgreSQL connection has nothing to read. Data waiting on it means the
+    server ended it (a restart, a failover or pg_terminate_backend sends its FATAL
+    notice and closes the socket): the checkout then raises DisconnectionError, and the
+    pool drops that connection and opens another (SQLAlchemy's pessimistic checkout
+    pattern), so a restarted server costs no request an error. SQLAlchemy's
+    pool_pre_ping (DB_POOL_PRE_PING) finds the same with a round trip on every checkout;
+    it is still there for networks that drop idle connections without a word.
+    """
+    event.listen(engine, "checkout", _refuse_ended_connection)
+
+
+def _refuse_ended_connection(dbapi_connection, _record, _proxy) -> None:
+    if dbapi_connection.closed or dbapi_connection.broken:
+        raise DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    if poller.poll(0):
+        raise DisconnectionError("the server ended the connection")
+
+
 migrate = Migrate()
 jwt = JWTManager()
 

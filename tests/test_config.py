@@ -46,6 +46,7 @@ def test_production_refuses_missing_settings(production_env, monkeypatch, missin
 def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "3")
     monkeypatch.setenv("DB_POOL_TIMEOUT", "2")
+    monkeypatch.setenv("DB_POOL_PRE_PING", "true")
     monkeypatch.setenv("REDIS_SOCKET_TIMEOUT", "0.25")
     monkeypatch.setenv("JWT_ACCESS_TOKEN_MINUTES", "5")
     monkeypatch.setenv("MAX_CONTENT_LENGTH", "2048")

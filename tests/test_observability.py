@@ -12,7 +12,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from werkzeug.serving import make_server
 
 from app import create_app
@@ -137,6 +137,35 @@ def test_an_exhausted_pool_answers_503_in_time_and_recovers(app, test_db_url):
     finally:
         server.shutdown()
         with small.app_context():
+            db.engine.dispose()
+
+
+@pytest.mark.no_transaction  # its own app, its own pool
+def test_a_connection_the_server_ended_is_replaced_when_taken_from_the_pool(app, test_db_url):
+    """As after a PostgreSQL restart: the idle pooled connections were ended server-side.
+    Taking one from the pool notices it without a ping, and the query succeeds."""
+    pooled = create_app(
+        {
+            "APP_ENV": "test",
+            "REDIS_URL": app.config["REDIS_URL"],
+            "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(False),
+        }
+    )
+    assert pooled.config["SQLALCHEMY_ENGINE_OPTIONS"]["pool_pre_ping"] is False
+    backend = text("SELECT pg_backend_pid()")
+    with pooled.app_context():
+        try:
+            with db.engine.connect() as conn:
+                ended = conn.scalar(backend)
+            with app.app_context(), db.engine.connect() as admin:
+                assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": ended})
+            time.sleep(0.2)  # the FATAL notice and the close reach the client socket
+            statements = []
+            event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+            with db.engine.connect() as conn:
+                assert conn.scalar(backend) != ended  # a new connection, no error
+            assert statements == ["SELECT pg_backend_pid()"]  # and no ping before it
+        finally:
             db.engine.dispose()
 
 
