@@ -13,7 +13,7 @@ Every Redis call is guarded: with Redis down, reads go to PostgreSQL and writes 
 Hits and misses are counted by each process and added to shared counters in Redis
 once a second at most (see _Tally).
 
-Each process also keeps copies of the entries it has read (see LocalCopies): Redis
+Each process also keeps copies of the entries it has read (app/local_copies.py): Redis
 itself reports every change to a cached key, so a copy is dropped before the next read
 and a hit costs no round trip. Writers and the TTL work on Redis only; the copies follow.
 """
@@ -21,15 +21,13 @@ and a hit costs no round trip. Writers and the TTL work on Redis only; the copie
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
-from cachetools import TTLCache
 from flask import current_app
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from app import queue
+from app import local_copies, queue
 
 log = logging.getLogger(__name__)
 
@@ -124,133 +122,8 @@ def _script(source: str):
     return scripts[source]
 
 
-class LocalCopies:
-    """This process's copies of the cache entries it has read, each dropped as soon as
-    Redis reports that its key changed, so every read but the first costs no round trip.
-
-    This is Redis's server-assisted client-side caching in broadcasting mode: one
-    connection of the process's own asks Redis (CLIENT TRACKING ... BCAST PREFIX) to
-    report every write, delete or expiry of a key under the cache's prefixes, and
-    receives the reports itself (REDIRECT to its own id, subscribed to
-    __redis__:invalidate; RESP2, Redis >= 6). Each read first applies the reports that
-    have arrived, a non-blocking poll: Redis sends a report before it answers the write,
-    so a write another process finished is never followed here by its old copy.
-    redis-py's own client-side cache is not used: it refuses servers older than 7.4
-    (the embedded one is 6.2) and still takes a pooled connection on every hit.
-
-    Copies are trusted only while that connection is up: when it drops (Redis
-    restarted, network) they are forgotten and reads go to Redis until it is opened
-    again (at most once a second). CACHE_LOCAL_TTL_SECONDS bounds a copy's life should
-    the connection die without a sign.
-    """
-
-    PREFIXES = ("user:v1:", "post:v1:")
-    CHANNEL = "__redis__:invalidate"
-    RETRY_SECONDS = 1.0
-    # a server or proxy that refuses CLIENT TRACKING is asked again only this rarely
-    REFUSED_RETRY_SECONDS = 60.0
-
-    def __init__(self, client, max_bytes: int, ttl: int):
-        self.client = client
-        # least recently used copies go first once their bytes would pass max_bytes
-        self.copies = TTLCache(max_bytes, ttl, getsizeof=len)
-        self.lock = threading.Lock()
-        self.listener = None  # the connection the reports arrive on, while it is up
-        self.generation = 0  # moves whenever reports may have been missed
-        self.retry_at = 0.0
-        self.pid = os.getpid()
-
-    def lookup(self, keys: list[str]) -> tuple[list[bytes | None], int | None]:
-        """The copies held for `keys` (None where there is none) and the generation to
-        hand back to keep(); no copies and None while reports cannot be received."""
-        with self.lock:
-            if not self._apply_reports():
-                return [None] * len(keys), None
-            copies = self.copies
-            return [copies.get(key) for key in keys], self.generation
-
-    def keep(self, values: dict[str, bytes], generation: int | None) -> None:
-        """Keep values read from Redis, unless reports were missed since the lookup."""
-        with self.lock:
-            if generation is None or generation != self.generation or self.listener is None:
-                return
-            for key, value in values.items():
-                if len(value) <= self.copies.maxsize:
-                    self.copies[key] = value
-
-    def close(self) -> None:
-        with self.lock:
-            self._forget()
-
-    def _apply_reports(self) -> bool:
-        if self.listener is None and not self._listen():
-            return False
-        try:
-            while self.listener.can_read(timeout=0):
-                kind, _, keys = self.listener.read_response()
-                if kind != b"message":
-                    continue
-                if keys is None:  # a flush: every key went
-                    self.copies.clear()
-                else:
-                    for key in keys:
-                        self.copies.pop(key.decode(), None)
-        except (RedisError, OSError, ValueError) as exc:
-            log.warning("cache: local copies dropped, change reports interrupted (%s)", exc)
-            self._forget()
-            self.retry_at = time.monotonic() + self.RETRY_SECONDS
-            return False
-        return True
-
-    def _listen(self) -> bool:
-        if time.monotonic() < self.retry_at:
-            return False
-        pool = self.client.connection_pool
-        connection = pool.connection_class(**pool.connection_kwargs)  # its own, outside the pool
-        try:
-            connection.connect()
-            connection.send_command("CLIENT", "ID")
-            own_id = connection.read_response()
-            prefixes = [word for prefix in self.PREFIXES for word in ("PREFIX", prefix)]
-            connection.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST", *prefixes)
-            connection.read_response()
-            connection.send_command("SUBSCRIBE", self.CHANNEL)
-            connection.read_response()
-        except (RedisError, OSError) as exc:
-            connection.disconnect()
-            refused = isinstance(exc, ResponseError)
-            self.retry_at = time.monotonic() + (self.REFUSED_RETRY_SECONDS if refused else self.RETRY_SECONDS)
-            hint = "; set CACHE_LOCAL_MAX_BYTES=0 for a Redis that cannot track keys" if refused else ""
-            log.warning("cache: no local copies for now (%s)%s", exc, hint)
-            return False
-        self.copies.clear()
-        self.generation += 1
-        self.listener = connection
-        return True
-
-    def _forget(self) -> None:
-        self.copies.clear()
-        self.generation += 1
-        if self.listener is not None:
-            self.listener.disconnect()
-            self.listener = None
-
-
-def _local() -> LocalCopies | None:
-    """This process's LocalCopies of the cache's Redis (a forked child makes its own);
-    None when turned off."""
-    config = current_app.config
-    if config["CACHE_LOCAL_MAX_BYTES"] <= 0:
-        return None
-    client = _client()
-    local = current_app.extensions.get("cache_local")
-    if local is None or local.pid != os.getpid() or local.client is not client:
-        if local is not None and local.pid == os.getpid():
-            local.close()
-        local = current_app.extensions["cache_local"] = LocalCopies(
-            client, config["CACHE_LOCAL_MAX_BYTES"], config["CACHE_LOCAL_TTL_SECONDS"]
-        )
-    return local
+def _local():
+    return local_copies.for_app(current_app, "cache_local", _client(), ("user:v1:", "post:v1:"))
 
 
 def get(key: str) -> bytes | None:
@@ -263,20 +136,11 @@ def get_many(keys: list[str]) -> list[bytes | None]:
     if not keys:
         return []
     local = _local()
-    values, generation = local.lookup(keys) if local else ([None] * len(keys), None)
-    missing = [i for i, value in enumerate(values) if value is None]
-    if missing:
-        try:
-            fetched = _client().mget([keys[i] for i in missing])
-        except RedisError as exc:
-            log.warning("cache read skipped (%s)", exc)
-            return values
-        found = {}
-        for i, value in zip(missing, fetched, strict=True):
-            if value is not None:
-                values[i] = found[keys[i]] = value
-        if local and found:
-            local.keep(found, generation)
+    try:
+        values = local.mget(keys) if local else _client().mget(keys)
+    except RedisError as exc:
+        log.warning("cache read skipped (%s)", exc)
+        return [None] * len(keys)
     hits = len(keys) - values.count(None)
     _tally().add(hits, len(keys) - hits)
     return values

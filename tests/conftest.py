@@ -183,6 +183,11 @@ def open_session(user) -> dict:
     return tokens
 
 
+def redis_calls(redis_client, command: str) -> int:
+    """How many times the Redis server has run `command` so far (INFO commandstats)."""
+    return redis_client.info("commandstats").get(f"cmdstat_{command.lower()}", {}).get("calls", 0)
+
+
 def app_config(key):
     from flask import current_app
 

@@ -9,7 +9,8 @@ import pytest
 
 from app import cache, create_app
 from app.extensions import RedisStore
-from tests.conftest import open_session
+from app.local_copies import LocalCopies
+from tests.conftest import open_session, redis_calls
 from tests.factories import PUBLIC_PROFILE_FIELDS, PostFactory, UserFactory
 from tests.redis_server import RedisServer
 
@@ -160,8 +161,7 @@ def test_put_many_skips_only_the_entries_just_invalidated(app, redis_client):
 
 
 def redis_reads(redis_client) -> int:
-    """MGET calls the Redis server has answered so far (the cache reads with MGET)."""
-    return redis_client.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+    return redis_calls(redis_client, "MGET")  # the cache reads with MGET
 
 
 def test_a_second_read_is_served_by_the_process_until_redis_reports_a_change(app, redis_client):
@@ -194,7 +194,7 @@ def test_a_copy_goes_when_its_key_expires_in_redis(app, redis_client):
 
 
 def test_copies_are_forgotten_when_the_change_reports_stop(app, redis_client, monkeypatch):
-    monkeypatch.setattr(cache.LocalCopies, "RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(LocalCopies, "RETRY_SECONDS", 0.0)
     key = cache.profile_key(2)
     redis_client.set(key, b"before")
     cache.get(key)
@@ -224,18 +224,18 @@ def test_local_copies_can_be_turned_off(app, redis_client, monkeypatch):
 
 
 def test_copies_stay_within_their_room(app, redis_client, monkeypatch):
-    monkeypatch.setitem(app.config, "CACHE_LOCAL_MAX_BYTES", 10)
+    monkeypatch.setitem(app.config, "CACHE_LOCAL_MAX_BYTES", 140)  # an entry counts 64 bytes + its value
     monkeypatch.delitem(app.extensions, "cache_local", raising=False)  # made again with the new room
     small, large, other = cache.post_key(1), cache.post_key(2), cache.post_key(3)
-    redis_client.mset({small: b"12345", large: b"12345678901", other: b"678901"})
+    redis_client.mset({small: b"s" * 10, large: b"l" * 80, other: b"o" * 10})
     cache.get_many([small, large])
     reads = redis_reads(redis_client)
-    assert cache.get(small) == b"12345"  # a copy
+    assert cache.get(small) == b"s" * 10  # a copy
     assert redis_reads(redis_client) == reads
-    assert cache.get(large) == b"12345678901"  # larger than the room: never kept
+    assert cache.get(large) == b"l" * 80  # larger than the room: never kept
     assert redis_reads(redis_client) == reads + 1
     cache.get(other)  # kept; the least recently used copy makes room
-    assert cache.get(small) == b"12345"
+    assert cache.get(small) == b"s" * 10
     assert redis_reads(redis_client) == reads + 3
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import delete, select
 from app.auth import revocation
 from app.extensions import RedisStore, db
 from app.models import AuthSession, RevokedToken, User
+from tests.conftest import redis_calls
 from tests.factories import PASSWORD, UserFactory
 from tests.redis_server import RedisServer
 
@@ -172,6 +173,21 @@ def test_with_the_mirror_ready_revocations_are_answered_by_redis(client, alice, 
     db.session.execute(AuthSession.__table__.update().values(revoked_at=None))
     db.session.commit()
     assert client.get(ME, headers=bearer(pair["access_token"])).status_code == 401
+
+
+def test_a_token_checked_once_is_checked_again_without_redis_and_a_revocation_counts_at_once(
+    client, alice, redis_client
+):
+    revocation.rebuild_mirror()
+    pair = log_in(client, "alice")
+    headers = bearer(pair["access_token"])
+    assert client.get(ME, headers=headers).status_code == 200
+    reads = redis_calls(redis_client, "MGET")
+    assert client.get(ME, headers=headers).status_code == 200
+    assert redis_calls(redis_client, "MGET") == reads  # this process's copies answered
+    # another process revokes the session: it writes the mirror key, Redis reports it
+    redis_client.set(revocation.sid_key(decode_token(pair["access_token"])["sid"]), 1)
+    assert client.get(ME, headers=headers).status_code == 401
 
 
 def test_mirror_not_ready_answers_from_postgres_and_queues_one_rebuild(client, alice, redis_client):
