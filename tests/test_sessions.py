@@ -11,7 +11,7 @@ from app.auth import revocation
 from app.extensions import RedisStore, db
 from app.models import AuthSession, RevokedToken, User
 from tests.conftest import redis_calls
-from tests.factories import PASSWORD, UserFactory
+from tests.factories import PASSWORD, FollowFactory, PostFactory, UserFactory
 from tests.redis_server import RedisServer
 
 AUTH = "/api/v1/auth"
@@ -134,10 +134,15 @@ def test_common_passwords_are_refused_at_registration(client, password):
 
 
 def test_deactivated_user_tokens_stop_working(client, alice):
+    followed = UserFactory()
+    FollowFactory(follower_id=alice.id, followed_id=followed.id)
+    PostFactory(author=followed)
     pair = log_in(client, "alice")
+    assert len(client.get("/api/v1/feed", headers=bearer(pair["access_token"])).get_json()["items"]) == 1
     alice.is_active = False  # flipped by hand: no session was revoked
     db.session.commit()
     assert client.get(ME, headers=bearer(pair["access_token"])).status_code == 401
+    # the feed query itself reads nothing for an inactive reader, then says why
     assert client.get("/api/v1/feed", headers=bearer(pair["access_token"])).status_code == 401
     assert client.get("/api/v1/jobs", headers=bearer(pair["access_token"])).status_code == 401
     assert client.post(f"{AUTH}/refresh", headers=bearer(pair["refresh_token"])).status_code == 401

@@ -6,19 +6,18 @@ a missing one; the callbacks below make every token failure a 401 problem with a
 
 from __future__ import annotations
 
-import functools
 import uuid
 from datetime import UTC, datetime
 
 from flask import current_app, g
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token, get_jwt
-from sqlalchemy import Select, bindparam, select
 from werkzeug.local import LocalProxy
 
 from app.auth import revocation
 from app.errors import Unauthorized, problem
 from app.extensions import db
 from app.models import AuthSession, User
+from app.users import service as users
 
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
 
@@ -45,13 +44,8 @@ def issue_tokens(user: User, session: AuthSession) -> dict:
     }
 
 
-def _account_gone() -> Unauthorized:
+def account_gone() -> Unauthorized:
     return Unauthorized("The account of this token no longer exists or is inactive.", headers=BEARER_CHALLENGE)
-
-
-@functools.cache
-def _is_active() -> Select:
-    return select(User.is_active).where(User.id == bindparam("user_id"))
 
 
 def current_user_id() -> int:
@@ -66,10 +60,16 @@ def current_user_id() -> int:
     if checked is not None and checked[0] is token:  # `g` may outlive a request (tests)
         return checked[1]
     user_id = int(token["sub"])
-    if not db.session.connection().execute(_is_active(), {"user_id": user_id}).scalar():
-        raise _account_gone()
+    if not users.is_active(user_id):
+        raise account_gone()
     g.caller_id = (token, user_id)
     return user_id
+
+
+def token_user_id() -> int:
+    """The id the caller's token names, not yet checked against the account: for a
+    query that checks the account itself (the feed), which then asks current_user_id()."""
+    return int(get_jwt()["sub"])
 
 
 def _load_current_user() -> User:
@@ -79,7 +79,7 @@ def _load_current_user() -> User:
         return loaded[1]
     user = db.session.get(User, int(token["sub"]))
     if user is None or not user.is_active:
-        raise _account_gone()
+        raise account_gone()
     g.current_user = (token, user)
     return user
 

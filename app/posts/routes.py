@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, request, url_for
 
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
-from app.auth.tokens import current_user, current_user_id
+from app.auth.tokens import account_gone, current_user, token_user_id
 from app.jobs.routes import JOB_LOCATION, accepted
 from app.jobs.schemas import ImportFileSchema, ImportFormSchema, JobSchema
 from app.posts import imports, service
@@ -101,5 +101,7 @@ def import_posts(files, form):
 @blp.response(200, page_of(PostSchema))
 def feed(args):
     """Posts by the users I follow, newest first."""
-    page = service.feed(current_user_id(), limit=args["limit"], cursor=args.get("cursor"))
+    page = service.feed(token_user_id(), limit=args["limit"], cursor=args.get("cursor"))
+    if page is None:
+        raise account_gone()
     return Response(page, mimetype="application/json")

@@ -18,7 +18,7 @@ from app.extensions import db
 from app.models import Follow, Post, User
 from app.pagination import KeysetQuery, Page, comes_after, page_json
 from app.posts.schemas import PostSchema
-from app.users.service import bump_counters, get_public
+from app.users.service import bump_counters, get_public, is_active
 
 KEY_KINDS = [datetime, int]
 
@@ -91,6 +91,8 @@ def _feed_query() -> KeysetQuery:
     index, at most a page per author, then merged: the work grows with how many people
     the reader follows, not with how much they have written. Whether an author is active
     is one primary-key lookup per followed user (a join let the planner scan all users).
+    It finds nothing unless the reader's own account is active (one more lookup), which
+    spares the request a round trip of its own for that check.
     """
 
     def build(after):
@@ -101,11 +103,12 @@ def _feed_query() -> KeysetQuery:
             newest.order_by(Post.created_at.desc(), Post.id.desc()).limit(bindparam("page_limit")).lateral("newest")
         )
         author_active = select(User.is_active).where(User.id == Follow.followed_id).scalar_subquery()
+        reader_active = select(User.is_active).where(User.id == bindparam("reader")).scalar_subquery()
         return (
             select(newest.c.id, newest.c.created_at, newest.c.id.label("key_id"))
             .select_from(Follow)
             .join(newest, true())
-            .where(Follow.follower_id == bindparam("reader"), author_active)
+            .where(Follow.follower_id == bindparam("reader"), author_active, reader_active)
         )
 
     return KeysetQuery(build, KEY_KINDS)
@@ -164,9 +167,13 @@ def posts_of(user_id: int, *, limit: int, cursor: str | None) -> bytes:
     )
 
 
-def feed(user_id: int, *, limit: int, cursor: str | None) -> bytes:
-    """Posts by the active users `user_id` follows, newest first."""
-    return _page_json(_feed_query().page(limit=limit, cursor=cursor, reader=user_id))
+def feed(user_id: int, *, limit: int, cursor: str | None) -> bytes | None:
+    """Posts by the active users `user_id` follows, newest first; None when `user_id` is
+    not an active account (asked on its own only when the page is empty)."""
+    page = _feed_query().page(limit=limit, cursor=cursor, reader=user_id)
+    if not page.items and not is_active(user_id):
+        return None
+    return _page_json(page)
 
 
 def create_post(author_id: int, title: str, body: str) -> Post:

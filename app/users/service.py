@@ -23,6 +23,16 @@ _PUBLIC_USER = PublicUserSchema()
 _POST_BRIEFS = PostBriefSchema(many=True)
 
 
+@functools.cache
+def _is_active_stmt():
+    return select(User.is_active).where(User.id == bindparam("user_id"))
+
+
+def is_active(user_id: int) -> bool:
+    """Whether the account exists and is active: one column by primary key (prepared)."""
+    return bool(db.session.connection().execute(_is_active_stmt(), {"user_id": user_id}).scalar())
+
+
 def get_public(user_id: int) -> User:
     """An active user, else 404."""
     user = db.session.get(User, user_id)
