@@ -3,7 +3,8 @@
 It makes (once) a bench database `<name>_bench` seeded with 1,000 users, 20 posts each
 and 20 follows each, starts the service and a bare Flask endpoint (the ceiling) under the
 same gunicorn settings, drives each scenario with wrk (BENCH_CONNECTIONS connections,
-BENCH_SECONDS each), and writes a Markdown table and a latency chart to bench/results/.
+BENCH_SECONDS each, reads after BENCH_WARMUP_SECONDS of unmeasured load), and writes a
+Markdown table and a latency chart to bench/results/.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+# unmeasured load first: worker processes, pools and per-process copies warm up
+WARMUP_SECONDS = int(os.environ.get("BENCH_WARMUP_SECONDS", "3"))
 USERS, POSTS, FOLLOWS = 1000, 20, 20
 
 
@@ -109,7 +112,7 @@ def call(method: str, url: str, body: dict | None = None, token: str | None = No
         return json.loads(response.read() or b"null")
 
 
-def wrk(base: str, scenario: dict) -> dict:
+def wrk(base: str, scenario: dict, seconds: int = SECONDS) -> dict:
     env = {
         **os.environ,
         "BENCH_METHOD": scenario.get("method", "GET"),
@@ -123,7 +126,7 @@ def wrk(base: str, scenario: dict) -> dict:
             "wrk",
             "-t2",
             f"-c{CONNECTIONS}",
-            f"-d{SECONDS}s",
+            f"-d{seconds}s",
             "--timeout",
             "10s",
             "-s",
@@ -203,6 +206,8 @@ def main() -> int:
         ]
         results = []
         for scenario in scenarios:
+            if WARMUP_SECONDS and not scenario.get("write"):
+                wrk(scenario.get("base", app_base), scenario, WARMUP_SECONDS)
             result = wrk(scenario.get("base", app_base), scenario)
             results.append({**scenario, **result})
             print(
@@ -248,7 +253,8 @@ def report(results: list[dict], hit_rate: float | None) -> None:
     lines = [
         f"# make bench, {stamp}",
         "",
-        f"{CONNECTIONS} connections, {SECONDS} s per endpoint, wrk on loopback; {os.cpu_count()} cores; "
+        f"{CONNECTIONS} connections, {SECONDS} s per endpoint after {WARMUP_SECONDS} s unmeasured (reads), "
+        f"wrk on loopback; {os.cpu_count()} cores; "
         f"gunicorn with WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 'default')}; "
         f"{USERS} users, {USERS * POSTS} posts, {USERS * FOLLOWS} follows.",
         "",
