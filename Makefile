@@ -10,7 +10,7 @@ export FLASK_APP := wsgi:app
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test bench bench-import lint format services-up services-down reset clean
+.PHONY: run test bench bench-import profile lint format services-up services-down reset clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(BIN)/.installed
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
 	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(SERVICES) $(BIN)/python bench/run.py
+
+## profile: where one endpoint's time goes (pyinstrument, in-process); PROFILE_PATH=/api/v1/feed?limit=20
+profile: $(BIN)/.installed
+	@$(BIN)/python -c "import pyinstrument" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(SERVICES) $(BIN)/python bench/profile.py
 
 ## bench-import: the import job's lines/s beside a raw COPY of the same rows
 bench-import: $(BIN)/.installed

@@ -1,0 +1,77 @@
+"""`make profile`: where one endpoint's time goes, measured in-process with pyinstrument.
+
+It uses the database and Redis database that `make bench` seeds (seeding them if need
+be), builds the app with production settings inside this process, warms it up, then
+sends PROFILE_PATH (default /api/v1/feed?limit=20) PROFILE_REQUESTS times (default 2,000)
+as user2 through Flask's test client, under pyinstrument. It prints the call tree and
+writes the interactive one to bench/results/profile.html. No HTTP server and no other
+process: this shows the app's own cost; `make bench` shows the whole service's.
+A running gunicorn can be sampled instead with py-spy (installed with the `bench` extra):
+`py-spy record --subprocesses -p <gunicorn master pid>`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import RESULTS, bench_database, flask, seed  # noqa: E402
+
+PATH = os.environ.get("PROFILE_PATH", "/api/v1/feed?limit=20")
+REQUESTS = int(os.environ.get("PROFILE_REQUESTS", "2000"))
+
+
+def main() -> int:
+    from pyinstrument import Profiler
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    os.environ.update(
+        {
+            "APP_ENV": "production",
+            "DATABASE_URL": bench_database(),
+            "REDIS_URL": os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/14",
+            "SECRET_KEY": secrets.token_urlsafe(48),
+            "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+            "RATELIMIT_ENABLED": "false",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    subprocess_env = {**os.environ, "FLASK_APP": "wsgi:app"}
+    subprocess_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    flask(subprocess_env, "db", "upgrade")
+    password = seed(subprocess_env)
+
+    from app import create_app
+    from app.auth import revocation
+
+    app = create_app()
+    with app.app_context():
+        revocation.rebuild_mirror()  # as a worker would: the checks then answer from Redis
+    client = app.test_client()
+    login = client.post("/api/v1/auth/login", json={"login": "user2", "password": password})
+    headers = {"Authorization": f"Bearer {login.get_json()['access_token']}"}
+    for _ in range(max(200, REQUESTS // 10)):  # warm up: pools, caches, local copies
+        assert client.get(PATH, headers=headers).status_code == 200, PATH
+
+    profiler = Profiler(interval=0.0002)
+    profiler.start()
+    for _ in range(REQUESTS):
+        client.get(PATH, headers=headers)
+    profiler.stop()
+
+    seconds = profiler.last_session.duration
+    print(f"{PATH}: {REQUESTS} requests in {seconds:.2f} s, {seconds / REQUESTS * 1e6:.0f} µs each (profiled)\n")
+    print(profiler.output_text(unicode=True, color=sys.stdout.isatty()))
+    out = RESULTS / "profile.html"
+    out.write_text(profiler.output_html())
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
