@@ -208,6 +208,30 @@ def test_bad_tokens_are_all_401_problems(client, app):
     assert client.get(ME, headers={"Authorization": "Basic abc"}).status_code == 401
 
 
+def test_a_verified_token_is_remembered_until_it_expires(client, app, monkeypatch, login):
+    """A process verifies a token once; later requests check only its expiry. A token
+    that differs in any byte is verified on its own, and an expired one is refused."""
+    import time
+
+    user = UserFactory()
+    decodes = []
+    real_decode = pyjwt.decode
+    monkeypatch.setattr(pyjwt, "decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
+    headers = login(user)
+    assert [client.get(ME, headers=headers).status_code for _ in range(3)] == [200, 200, 200]
+    assert len(decodes) == 2  # the first request's unverified and verified decodes; none after
+    token = headers["Authorization"].removeprefix("Bearer ")
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    assert client.get(ME, headers={"Authorization": f"Bearer {tampered}"}).status_code == 401
+    with app.app_context():
+        short = create_access_token(identity=str(user.id), expires_delta=timedelta(seconds=1))
+    assert client.get(ME, headers={"Authorization": f"Bearer {short}"}).status_code == 200
+    time.sleep(1.1)
+    response = client.get(ME, headers={"Authorization": f"Bearer {short}"})
+    assert response.status_code == 401
+    assert "expired" in response.get_json()["detail"]
+
+
 def test_token_carries_the_claims_the_design_names(client, app):
     UserFactory(username="frank")
     pair = client.post(LOGIN, json={"login": "frank", "password": PASSWORD}).get_json()
