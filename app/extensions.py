@@ -107,9 +107,10 @@ class RememberingJWTManager(JWTManager):
     def _decode_jwt_from_config(self, encoded_token: str, csrf_value=None, allow_expired: bool = False) -> dict:
         if csrf_value is not None or allow_expired:
             return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
-        verified, lock = current_app.extensions.setdefault(
-            "jwt_verified", (LRUCache(self.MAX_TOKENS), threading.Lock())
-        )
+        remembered = current_app.extensions.get("jwt_verified")
+        if remembered is None:
+            remembered = current_app.extensions["jwt_verified"] = (LRUCache(self.MAX_TOKENS), threading.Lock())
+        verified, lock = remembered
         with lock:
             claims = verified.get(encoded_token)
         if claims is None or claims["exp"] <= time.time():
