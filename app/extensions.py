@@ -113,7 +113,7 @@ class RememberingJWTManager(JWTManager):
         verified, lock = remembered
         with lock:
             claims = verified.get(encoded_token)
-        if claims is None or claims["exp"] <= time.time():
+        if claims is None or claims.get("exp", float("inf")) <= time.time():
             claims = super()._decode_jwt_from_config(encoded_token)  # verifies; raises when expired
             with lock:
                 verified[encoded_token] = claims
