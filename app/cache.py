@@ -3,11 +3,10 @@
 
 Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `post:v1:{id}`) and live
 CACHE_TTL_SECONDS. Only what anyone may see is cached (never email, role, `/me` or admin
-views). Writers delete the
-key right after their transaction commits, so the next read on any process is fresh;
-a delete that fails is retried by a Celery task, and the TTL bounds staleness if even
-that cannot run. A delete also leaves a short tombstone, so a reader that loaded the row
-before the write cannot put the old version back.
+views). Writers delete the key right after their transaction commits, so the next read
+on any process is fresh; a delete that fails is retried by a Celery task, and the TTL
+bounds staleness if even that cannot run. A delete also leaves a short tombstone, so a
+reader that loaded the row before the write cannot put the old version back.
 
 Every Redis call is guarded: with Redis down, reads go to PostgreSQL and writes succeed.
 Hits and misses are counted by each process and added to shared counters in Redis
