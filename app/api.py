@@ -14,6 +14,7 @@ from werkzeug.datastructures import ETags
 from werkzeug.routing import IntegerConverter
 
 from app.errors import PROBLEM_JSON, PreconditionFailed
+from app.pagination import PAGE_MAX
 
 BIGINT_MAX = 2**63 - 1
 
@@ -135,7 +136,7 @@ class ProblemSchema(ma.Schema):
 
 
 class PageArgsSchema(StrictSchema):
-    limit = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=100))
+    limit = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=PAGE_MAX))
     cursor = ma.fields.String(validate=ma.validate.Length(min=1, max=512))
 
 

@@ -1,12 +1,16 @@
 """The Redis cache of public views: a user's profile, a user's newest posts (as listed by
-/users?include=posts) and a post with its author.
+/users?include=posts), a post with its author, and the first page of the lists everyone
+reads (the newest posts, the users).
 
-Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `post:v1:{id}`) and live
-CACHE_TTL_SECONDS. Only what anyone may see is cached (never email, role, `/me` or admin
-views). Writers delete the key right after their transaction commits, so the next read
-on any process is fresh; a delete that fails is retried by a Celery task, and the TTL
-bounds staleness if even that cannot run. A delete also leaves a short tombstone, so a
-reader that loaded the row before the write cannot put the old version back.
+Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `post:v1:{id}`,
+`list:v1:posts:newest`, `list:v1:users`) and live CACHE_TTL_SECONDS. Only what anyone
+may see is cached (never email, role, `/me` or admin views). Writers delete the key
+right after their transaction commits, so the next read on any process is fresh; a
+delete that fails is retried by a Celery task, and the TTL bounds staleness if even that
+cannot run. A delete also leaves a short tombstone, so a reader that loaded the row
+before the write cannot put the old version back. The lists hold ids only (each item
+comes from its own key): a post created, deleted or imported drops the newest posts, a
+user registered drops the users, and an account (de)activated drops both.
 
 Every Redis call is guarded: with Redis down, reads go to PostgreSQL and writes succeed.
 Hits and misses are counted by each process and added to shared counters in Redis
@@ -35,6 +39,7 @@ MISSES = "cache:stats:misses"
 TOMBSTONE_SECONDS = 5
 
 TALLY_SECONDS = 1.0
+PREFIXES = ("user:v1:", "post:v1:", "list:v1:")
 
 
 class _Tally:
@@ -110,6 +115,16 @@ def post_key(post_id: int) -> str:
     return f"post:v1:{post_id}"
 
 
+def newest_posts_key() -> str:
+    """The first page of /posts: the newest posts of active authors (ids)."""
+    return "list:v1:posts:newest"
+
+
+def users_key() -> str:
+    """The first page of /users: active users by id (ids)."""
+    return "list:v1:users"
+
+
 def _client():
     return current_app.extensions["cache_redis"]
 
@@ -122,7 +137,7 @@ def _script(source: str):
 
 
 def _local():
-    return local_copies.for_app(current_app, "cache_local", _client(), ("user:v1:", "post:v1:"))
+    return local_copies.for_app(current_app, "cache_local", _client(), PREFIXES)
 
 
 def get(key: str) -> bytes | None:
@@ -195,7 +210,7 @@ def clear() -> int:
     """Delete every cached entry and the counters; returns how many keys went."""
     client = _client()
     removed = 0
-    for pattern in ("user:v1:*", "post:v1:*"):
+    for pattern in (f"{prefix}*" for prefix in PREFIXES):
         batch = []
         for key in client.scan_iter(match=pattern, count=1000):
             batch.append(key)

@@ -139,6 +139,7 @@ def seed(n_users: int, n_posts: int, n_follows: int, demo: bool, rng_seed: int) 
         db.session.execute(insert(Follow), follows[chunk : chunk + 5000])
     db.session.commit()
     users.recount_counters()
+    cache.invalidate(cache.users_key(), cache.newest_posts_key())  # written here, not by the services
     click.echo(f"seeded {n_users} users, {n_users * n_posts} posts, {len(follows)} follows")
     if n_users:
         logins.append(f"users: login=user{first} .. user{first + n_users - 1} password={password}")

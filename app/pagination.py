@@ -21,6 +21,8 @@ from sqlalchemy import Label, Select, bindparam, tuple_
 
 from app.errors import ValidationFailed
 
+PAGE_MAX = 100  # the largest `limit` a client may ask for
+
 
 @dataclass(frozen=True)
 class Page:
@@ -122,11 +124,32 @@ class KeysetQuery:
             stmt = stmt.where(comes_after(keys, after, descending))
         return stmt.order_by(*[k.desc() if descending else k.asc() for k in keys]).limit(bindparam("page_limit"))
 
-    def page(self, *, limit: int, cursor: str | None, **params) -> Page:
+    def page(self, *, limit: int, cursor: str | None, cached_as: str | None = None, **params) -> Page:
+        """One page; with `cached_as`, the first page comes from that cache key."""
         from app.extensions import db
 
+        if cached_as and not cursor:
+            return self._cached_first_page(cached_as, limit, params)
         params["page_limit"] = limit + 1
         if cursor:
             params.update((f"after_{i}", v) for i, v in enumerate(decode_cursor(cursor, self.kinds)))
         rows = db.session.connection().execute(self._next if cursor else self._first, params).all()
         return _page_of(rows, (), limit)
+
+    def _cached_first_page(self, key: str, limit: int, params: dict) -> Page:
+        """The first page of a list everyone reads (the newest posts, the users), answered
+        from the cache with no query. The entry holds the first PAGE_MAX + 1 items, each
+        with the cursor after it, so one entry serves every `limit`. The writers that
+        change such a list drop its key (app/cache.py says when)."""
+        from app import cache
+        from app.extensions import db
+
+        entry = cache.get(key)
+        if entry is None:
+            rows = db.session.connection().execute(self._first, {**params, "page_limit": PAGE_MAX + 1}).all()
+            first = [[row[0], encode_cursor(row[1:])] for row in rows]
+            cache.put(key, json.dumps(first, separators=(",", ":")).encode())
+        else:
+            first = json.loads(entry)
+        next_cursor = first[limit - 1][1] if len(first) > limit else None
+        return Page([item for item, _ in first[:limit]], next_cursor)

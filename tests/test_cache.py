@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -11,7 +12,7 @@ from app import cache, create_app
 from app.extensions import RedisStore
 from app.local_copies import LocalCopies
 from tests.conftest import open_session, redis_calls
-from tests.factories import PUBLIC_PROFILE_FIELDS, PostFactory, UserFactory
+from tests.factories import PUBLIC_PROFILE_FIELDS, AdminFactory, PostFactory, UserFactory
 from tests.redis_server import RedisServer
 
 USERS = "/api/v1/users"
@@ -143,6 +144,76 @@ def test_newest_posts_in_the_user_list_follow_every_write(client, login):
     assert listed() == [(created["id"], "Second"), (post.id, "Renamed")]
     client.delete(f"{POSTS}/{created['id']}", headers=headers)
     assert listed() == [(post.id, "Renamed")]
+
+
+def _walk(client, url: str, limit: int) -> list[int]:
+    """Every id of a list, page after page of `limit`."""
+    ids, cursor = [], None
+    while True:
+        page = client.get(f"{url}?limit={limit}" + (f"&cursor={cursor}" if cursor else "")).get_json()
+        ids += [item["id"] for item in page["items"]]
+        if not (cursor := page["next_cursor"]):
+            return ids
+
+
+def test_the_cached_first_page_serves_any_limit_and_its_cursors_lead_on(client, redis_client):
+    posts = PostFactory.create_batch(7)
+    newest = [p.id for p in sorted(posts, key=lambda p: (p.created_at, p.id), reverse=True)]
+    assert _walk(client, POSTS, 3) == newest  # the first page came from SQL and was cached
+    assert redis_client.exists(cache.newest_posts_key())
+    for limit in (1, 3, 6, 7, 100):  # each first page from the one entry, then on by cursor
+        assert _walk(client, POSTS, limit) == newest
+    users = UserFactory.create_batch(4)
+    cache.clear()  # the factories wrote past the services
+    assert _walk(client, USERS, 3) == sorted({p.author_id for p in posts} | {u.id for u in users})
+    assert _walk(client, USERS, 2) == _walk(client, USERS, 100)
+
+
+def test_the_cached_lists_follow_every_write_at_once(client, login, redis_client):
+    """The first pages of /posts and /users come from the cache: each write that changes
+    them drops the entry (a post created, deleted or imported; a user registered,
+    deactivated or reactivated). Pages of 2, so a stale entry shows as a short page."""
+    from app.jobs import service as jobs
+
+    author = UserFactory()
+    older = PostFactory.create_batch(2)  # by two other authors
+    admin_headers = login(AdminFactory())
+    headers = login(author)
+
+    def cached_ids(url: str, key: str) -> list[int]:
+        """The list as read back from its cache entry, put there after the last write."""
+        redis_client.delete(*redis_client.keys("*:tombstone") or ["-"])  # as if seconds had passed
+        client.get(url)
+        assert redis_client.exists(key)
+        return [item["id"] for item in client.get(url).get_json()["items"]]
+
+    def newest_posts():
+        return cached_ids(f"{POSTS}?limit=2", cache.newest_posts_key())
+
+    def first_users(limit: int = 2):
+        return cached_ids(f"{USERS}?limit={limit}", cache.users_key())
+
+    cache.clear()  # the factories wrote past the services
+    assert newest_posts() == [older[1].id, older[0].id]
+    assert first_users() == [author.id, older[0].author_id]
+    created = client.post(POSTS, json={"title": "t", "body": "b"}, headers=headers).get_json()["id"]
+    assert newest_posts() == [created, older[1].id]
+    client.delete(f"{POSTS}/{created}", headers=headers)
+    assert newest_posts() == [older[1].id, older[0].id]
+    upload = {"file": (io.BytesIO(b'{"external_id": "x", "title": "t", "body": "b"}'), "posts.jsonl")}
+    job = client.post(f"{POSTS}/import", data=upload, headers=headers, content_type="multipart/form-data")
+    jobs.run(job.get_json()["id"])
+    imported = newest_posts()
+    assert imported[0] > created and imported[1] == older[1].id
+    client.patch(f"/api/v1/admin/users/{author.id}", json={"is_active": False}, headers=admin_headers)
+    assert newest_posts() == [older[1].id, older[0].id]
+    assert first_users() == [older[0].author_id, older[1].author_id]
+    client.patch(f"/api/v1/admin/users/{author.id}", json={"is_active": True}, headers=admin_headers)
+    assert newest_posts() == imported
+    assert first_users() == [author.id, older[0].author_id]
+    body = {"username": "newcomer", "email": "n@example.com", "password": "a long passphrase"}
+    registered = client.post("/api/v1/auth/register", json=body).get_json()["id"]
+    assert first_users(100)[-1] == registered
 
 
 def test_a_reader_cannot_put_back_what_a_writer_just_invalidated(app, redis_client):

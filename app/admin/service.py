@@ -65,7 +65,10 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
         revoke_all_sessions(user_id, reason="deactivated")
     else:
         db.session.commit()
-    cache.invalidate(cache.profile_key(user_id))
+    keys = [cache.profile_key(user_id)]
+    if is_active is not None:  # they join or leave the lists
+        keys += [cache.users_key(), cache.newest_posts_key()]
+    cache.invalidate(*keys)
     if is_active is not None:  # their posts appear or vanish: drop them now, and again soon
         with contextlib.suppress(RedisError):  # the worker's pass below retries
             invalidate_author_posts(user_id)

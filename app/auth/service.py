@@ -11,6 +11,7 @@ from flask import current_app
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from app import cache
 from app.api import WithExtras
 from app.auth import revocation
 from app.auth.tokens import expiry_of, issue_tokens
@@ -58,6 +59,7 @@ def register(username: str, email: str, password: str) -> User:
         if field is None:
             raise
         raise Conflict(f"That {field} is already taken.", errors={field: ["Already taken."]}) from None
+    cache.invalidate(cache.users_key())
     return user
 
 

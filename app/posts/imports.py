@@ -178,10 +178,11 @@ def run_import(tracker) -> None:
             _write(author_id, batch, state)
             batch = []
             tracker.checkpoint(seen, total)
+            cache.invalidate(cache.newest_posts_key())  # this batch is committed: list it
     _write(author_id, batch, state)
     db.session.delete(upload)  # imported: the upload is no longer needed
     tracker.checkpoint(max(seen, total), max(seen, total))
-    cache.invalidate(cache.profile_key(author_id), cache.recent_posts_key(author_id))
+    cache.invalidate(cache.profile_key(author_id), cache.recent_posts_key(author_id), cache.newest_posts_key())
 
 
 def _report(state: dict, number: int, errors: dict) -> None:

@@ -157,7 +157,9 @@ def public_post_json(post_id: int) -> tuple[int, bytes]:
 def list_posts(*, limit: int, cursor: str | None, author: int | None = None, q: str | None = None) -> bytes:
     """Newest first; optionally one author's, optionally matching a web-style search."""
     query = _newest_posts(active_authors=True, by_author=author is not None, search=bool(q))
-    return _page_json(query.page(limit=limit, cursor=cursor, author=author, q=q))
+    everyones = author is None and not q  # the list everyone reads: its first page is cached
+    cached_as = cache.newest_posts_key() if everyones else None
+    return _page_json(query.page(limit=limit, cursor=cursor, cached_as=cached_as, author=author, q=q))
 
 
 def posts_of(user_id: int, *, limit: int, cursor: str | None) -> bytes:
@@ -181,7 +183,7 @@ def create_post(author_id: int, title: str, body: str) -> Post:
     db.session.add(post)
     bump_counters(author_id, post_count=1)
     db.session.commit()
-    cache.invalidate(cache.profile_key(author_id), cache.recent_posts_key(author_id))
+    cache.invalidate(cache.profile_key(author_id), cache.recent_posts_key(author_id), cache.newest_posts_key())
     return get_post(post.id)
 
 
@@ -211,4 +213,9 @@ def delete_post(post_id: int, actor: User, if_match: ETags | None) -> None:
     db.session.execute(delete(Post).where(Post.id == post.id))
     bump_counters(post.author_id, post_count=-1)
     db.session.commit()
-    cache.invalidate(cache.post_key(post_id), cache.profile_key(post.author_id), cache.recent_posts_key(post.author_id))
+    cache.invalidate(
+        cache.post_key(post_id),
+        cache.profile_key(post.author_id),
+        cache.recent_posts_key(post.author_id),
+        cache.newest_posts_key(),
+    )

@@ -84,7 +84,8 @@ def list_users_json(*, limit: int, cursor: str | None, q: str | None = None, inc
     one query per kind, dumped and cached. Warm, a page is one index scan.
     """
     prefix = escape_like(q.lower()) + "%" if q else None
-    page = _active_users(search=bool(q)).page(limit=limit, cursor=cursor, prefix=prefix)
+    cached_as = None if q else cache.users_key()  # the first page everyone reads is cached
+    page = _active_users(search=bool(q)).page(limit=limit, cursor=cursor, cached_as=cached_as, prefix=prefix)
     ids = page.items
     keys = [cache.profile_key(i) for i in ids] + ([cache.recent_posts_key(i) for i in ids] if include_posts else [])
     cached = cache.get_many(keys)
