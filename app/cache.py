@@ -2,15 +2,17 @@
 /users?include=posts), a post with its author, and the first page of the lists everyone
 reads (the newest posts, the users).
 
-Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `post:v1:{id}`,
-`list:v1:posts:newest`, `list:v1:users`) and live CACHE_TTL_SECONDS. Only what anyone
+Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `user:v1:{id}:feed`,
+`post:v1:{id}`, `list:v1:posts:newest`, `list:v1:users`) and live CACHE_TTL_SECONDS. Only what anyone
 may see is cached (never email, role, `/me` or admin views). Writers delete the key
 right after their transaction commits, so the next read on any process is fresh; a
 delete that fails is retried by a Celery task, and the TTL bounds staleness if even that
 cannot run. A delete also leaves a short tombstone, so a reader that loaded the row
 before the write cannot put the old version back. The lists hold ids only (each item
-comes from its own key): a post created, deleted or imported drops the newest posts, a
-user registered drops the users, and an account (de)activated drops both.
+comes from its own key): a post created, deleted or imported drops the newest posts and
+the first feed page of each of the author's followers (`user:v1:{id}:feed`), a follow
+drops the reader's, a user registered drops the users, and an account (de)activated
+drops all three.
 
 Every Redis call is guarded: with Redis down, reads go to PostgreSQL and writes succeed.
 Hits and misses are counted by each process and added to shared counters in Redis
@@ -113,6 +115,12 @@ def recent_posts_key(user_id: int) -> str:
 
 def post_key(post_id: int) -> str:
     return f"post:v1:{post_id}"
+
+
+def feed_key(user_id: int) -> str:
+    """The first page of a user's feed (ids); dropped for every follower of an author
+    whose posts change, and for the reader on a follow or unfollow."""
+    return f"user:v1:{user_id}:feed"
 
 
 def newest_posts_key() -> str:

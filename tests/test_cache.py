@@ -17,6 +17,7 @@ from tests.redis_server import RedisServer
 
 USERS = "/api/v1/users"
 POSTS = "/api/v1/posts"
+FEED = "/api/v1/feed"
 
 
 def test_profile_is_served_from_the_cache_without_sql(client, count_queries, redis_client):
@@ -214,6 +215,48 @@ def test_the_cached_lists_follow_every_write_at_once(client, login, redis_client
     body = {"username": "newcomer", "email": "n@example.com", "password": "a long passphrase"}
     registered = client.post("/api/v1/auth/register", json=body).get_json()["id"]
     assert first_users(100)[-1] == registered
+
+
+def test_the_cached_first_feed_page_follows_every_write_at_once(client, login, redis_client):
+    """A reader's first feed page comes from the cache: a follow or unfollow drops it, and
+    so does each change to a followed author's posts (created, deleted, imported; the
+    author deactivated or reactivated). Pages of 2, so a stale entry shows."""
+    from app.jobs import service as jobs
+    from tests.factories import FollowFactory
+
+    reader = UserFactory()
+    older = PostFactory.create_batch(2, author=UserFactory())
+    FollowFactory(follower_id=reader.id, followed_id=older[0].author_id)
+    author = UserFactory()
+    first = PostFactory(author=author)
+    reader_headers, author_headers = login(reader), login(author)
+    admin_headers = login(AdminFactory())
+
+    def feed() -> list[int]:
+        redis_client.delete(*redis_client.keys("*:tombstone") or ["-"])  # as if seconds had passed
+        client.get(f"{FEED}?limit=2", headers=reader_headers)
+        assert redis_client.exists(cache.feed_key(reader.id))
+        return [item["id"] for item in client.get(f"{FEED}?limit=2", headers=reader_headers).get_json()["items"]]
+
+    cache.clear()  # the factories wrote past the services
+    assert feed() == [older[1].id, older[0].id]
+    client.put(f"{USERS}/{author.id}/follow", headers=reader_headers)
+    assert feed() == [first.id, older[1].id]
+    created = client.post(POSTS, json={"title": "t", "body": "b"}, headers=author_headers).get_json()["id"]
+    assert feed() == [created, first.id]
+    client.delete(f"{POSTS}/{created}", headers=author_headers)
+    assert feed() == [first.id, older[1].id]
+    upload = {"file": (io.BytesIO(b'{"external_id": "x", "title": "t", "body": "b"}'), "posts.jsonl")}
+    job = client.post(f"{POSTS}/import", data=upload, headers=author_headers, content_type="multipart/form-data")
+    jobs.run(job.get_json()["id"])
+    imported = feed()
+    assert imported[0] > created and imported[1] == first.id
+    client.patch(f"/api/v1/admin/users/{author.id}", json={"is_active": False}, headers=admin_headers)
+    assert feed() == [older[1].id, older[0].id]
+    client.patch(f"/api/v1/admin/users/{author.id}", json={"is_active": True}, headers=admin_headers)
+    assert feed() == imported
+    client.delete(f"{USERS}/{author.id}/follow", headers=reader_headers)
+    assert feed() == [older[1].id, older[0].id]
 
 
 def test_a_reader_cannot_put_back_what_a_writer_just_invalidated(app, redis_client):

@@ -107,6 +107,22 @@ def test_a_warm_first_page_of_posts_needs_no_query_and_a_later_page_one(client, 
     assert counter.count == 1  # the index scan after the cursor
 
 
+def test_a_warm_first_feed_page_is_one_query_the_account_check(client, count_queries, login):
+    from app.auth import revocation
+
+    revocation.rebuild_mirror()  # revocations answered by Redis, as once a worker ran
+    reader = UserFactory()
+    _followed_authors(reader.id, 3, posts_each=2)
+    headers = login(reader)
+    cold = client.get("/api/v1/feed?limit=4", headers=headers).get_json()
+    db.session.expunge_all()
+    with count_queries() as counter:
+        warm = client.get("/api/v1/feed?limit=4", headers=headers).get_json()
+    assert warm == cold and len(warm["items"]) == 4
+    assert [s.split()[0] for s in counter.statements] == ["SELECT"]
+    assert "users.is_active" in counter.statements[0] and "posts" not in counter.statements[0]
+
+
 @pytest.mark.no_transaction
 def test_reads_run_without_a_transaction_writes_in_one(app, client):
     """GET requests query in autocommit (no BEGIN / ROLLBACK round trips); any other

@@ -13,6 +13,7 @@ from app.errors import Forbidden, NotFound, ValidationFailed
 from app.extensions import db
 from app.models import User
 from app.pagination import Page, keyset_page
+from app.posts.service import posts_changed
 from app.users.service import escape_like, invalidate_author_posts, invalidate_author_posts_later
 
 
@@ -65,10 +66,10 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
         revoke_all_sessions(user_id, reason="deactivated")
     else:
         db.session.commit()
-    keys = [cache.profile_key(user_id)]
-    if is_active is not None:  # they join or leave the lists
-        keys += [cache.users_key(), cache.newest_posts_key()]
-    cache.invalidate(*keys)
+    if is_active is None:
+        cache.invalidate(cache.profile_key(user_id))
+    else:  # they join or leave the users, their posts appear or vanish in lists and feeds
+        posts_changed(user_id, cache.profile_key(user_id), cache.users_key())
     if is_active is not None:  # their posts appear or vanish: drop them now, and again soon
         with contextlib.suppress(RedisError):  # the worker's pass below retries
             invalidate_author_posts(user_id)

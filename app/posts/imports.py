@@ -24,6 +24,7 @@ from app.errors import ValidationFailed
 from app.extensions import db
 from app.models import JobFile
 from app.posts.schemas import BODY, TITLE, _not_blank
+from app.posts.service import posts_changed
 from app.users.service import bump_counters
 
 BATCH = 5000  # lines per INSERT and per commit: each commit costs an fsync
@@ -178,11 +179,11 @@ def run_import(tracker) -> None:
             _write(author_id, batch, state)
             batch = []
             tracker.checkpoint(seen, total)
-            cache.invalidate(cache.newest_posts_key())  # this batch is committed: list it
+            posts_changed(author_id)  # this batch is committed: list it
     _write(author_id, batch, state)
     db.session.delete(upload)  # imported: the upload is no longer needed
     tracker.checkpoint(max(seen, total), max(seen, total))
-    cache.invalidate(cache.profile_key(author_id), cache.recent_posts_key(author_id), cache.newest_posts_key())
+    posts_changed(author_id, cache.profile_key(author_id))
 
 
 def _report(state: dict, number: int, errors: dict) -> None:

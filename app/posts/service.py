@@ -171,11 +171,35 @@ def posts_of(user_id: int, *, limit: int, cursor: str | None) -> bytes:
 
 def feed(user_id: int, *, limit: int, cursor: str | None) -> bytes | None:
     """Posts by the active users `user_id` follows, newest first; None when `user_id` is
-    not an active account (asked on its own only when the page is empty)."""
+    not an active account.
+
+    The first page comes from the cache, after the account is checked in PostgreSQL
+    (every request: a token outlives a flag changed by hand). Later pages fold that
+    check into their query, and ask on their own only when the page is empty.
+    """
+    if cursor is None:
+        if not is_active(user_id):
+            return None
+        first = _feed_query().page(limit=limit, cursor=None, cached_as=cache.feed_key(user_id), reader=user_id)
+        return _page_json(first)
     page = _feed_query().page(limit=limit, cursor=cursor, reader=user_id)
     if not page.items and not is_active(user_id):
         return None
     return _page_json(page)
+
+
+def posts_changed(author_id: int, *keys: str) -> None:
+    """After a commit that changed `author_id`'s posts (or whether they are shown): drop
+    `keys`, the newest posts, the author's newest-posts entry and the first feed page of
+    each follower. Followers are read after the commit, so one who followed meanwhile
+    either is in this list or read the feed after the change."""
+    followers = db.session.scalars(select(Follow.follower_id).where(Follow.followed_id == author_id)).all()
+    cache.invalidate(
+        *keys,
+        cache.recent_posts_key(author_id),
+        cache.newest_posts_key(),
+        *(cache.feed_key(follower) for follower in followers),
+    )
 
 
 def create_post(author_id: int, title: str, body: str) -> Post:
@@ -183,7 +207,7 @@ def create_post(author_id: int, title: str, body: str) -> Post:
     db.session.add(post)
     bump_counters(author_id, post_count=1)
     db.session.commit()
-    cache.invalidate(cache.profile_key(author_id), cache.recent_posts_key(author_id), cache.newest_posts_key())
+    posts_changed(author_id, cache.profile_key(author_id))
     return get_post(post.id)
 
 
@@ -213,9 +237,4 @@ def delete_post(post_id: int, actor: User, if_match: ETags | None) -> None:
     db.session.execute(delete(Post).where(Post.id == post.id))
     bump_counters(post.author_id, post_count=-1)
     db.session.commit()
-    cache.invalidate(
-        cache.post_key(post_id),
-        cache.profile_key(post.author_id),
-        cache.recent_posts_key(post.author_id),
-        cache.newest_posts_key(),
-    )
+    posts_changed(post.author_id, cache.post_key(post_id), cache.profile_key(post.author_id))

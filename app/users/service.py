@@ -190,7 +190,7 @@ def follow(follower_id: int, followed_id: int) -> None:
         _bump_pair(follower_id, followed_id, +1)
     db.session.commit()
     if inserted:
-        cache.invalidate(cache.profile_key(follower_id), cache.profile_key(followed_id))
+        cache.invalidate(cache.profile_key(follower_id), cache.profile_key(followed_id), cache.feed_key(follower_id))
 
 
 def unfollow(follower_id: int, followed_id: int) -> None:
@@ -207,7 +207,7 @@ def unfollow(follower_id: int, followed_id: int) -> None:
         _bump_pair(follower_id, followed_id, -1)
     db.session.commit()
     if deleted:
-        cache.invalidate(cache.profile_key(follower_id), cache.profile_key(followed_id))
+        cache.invalidate(cache.profile_key(follower_id), cache.profile_key(followed_id), cache.feed_key(follower_id))
 
 
 def _bump_pair(follower_id: int, followed_id: int, delta: int) -> None:
