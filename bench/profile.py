@@ -24,6 +24,7 @@ from bench.run import RESULTS, bench_database, flask, seed  # noqa: E402
 
 PATH = os.environ.get("PROFILE_PATH", "/api/v1/feed?limit=20")
 REQUESTS = int(os.environ.get("PROFILE_REQUESTS", "2000"))
+SHOW_ALL = os.environ.get("PROFILE_ALL", "") not in ("", "0")  # every frame, libraries included
 
 
 def main() -> int:
@@ -66,7 +67,7 @@ def main() -> int:
 
     seconds = profiler.last_session.duration
     print(f"{PATH}: {REQUESTS} requests in {seconds:.2f} s, {seconds / REQUESTS * 1e6:.0f} µs each (profiled)\n")
-    print(profiler.output_text(unicode=True, color=sys.stdout.isatty()))
+    print(profiler.output_text(unicode=True, color=sys.stdout.isatty(), show_all=SHOW_ALL))
     out = RESULTS / "profile.html"
     out.write_text(profiler.output_html())
     print(f"written: {out}")

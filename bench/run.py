@@ -213,7 +213,11 @@ def main() -> int:
         scenarios = [
             {"name": "ceiling: bare Flask JSON", "base": ceiling_base, "path": "/ping"},
             {"name": "GET /users/{id} (cached)", "path": "/api/v1/users/{id}", "max_id": USERS},
-            {"name": "GET /posts/{id}", "path": "/api/v1/posts/{id}", "max_id": USERS * POSTS},
+            {
+                "name": f"GET /posts/{{id}} (random of {USERS * POSTS:,})",
+                "path": "/api/v1/posts/{id}",
+                "max_id": USERS * POSTS,
+            },
             {"name": "GET /posts (page of 20)", "path": "/api/v1/posts?limit=20"},
             {"name": "GET /feed", "path": "/api/v1/feed?limit=20", "token": token},
             {"name": "GET /users?include=posts", "path": "/api/v1/users?include=posts&limit=20"},
@@ -240,7 +244,7 @@ def main() -> int:
             result = wrk(scenario.get("base", app_base), scenario)
             results.append({**scenario, **result})
             print(
-                f"{scenario['name']:<28} {result['rps']:8.0f} req/s  p50 {result['p50'] / 1000:6.1f} ms  "
+                f"{scenario['name']:<36} {result['rps']:8.0f} req/s  p50 {result['p50'] / 1000:6.1f} ms  "
                 f"p95 {result['p95'] / 1000:6.1f} ms  p99 {result['p99'] / 1000:6.1f} ms  "
                 f"errors {result['socket_errors'] + result['status_errors']}",
                 flush=True,
