@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
+from app import cache
 from tests.factories import PASSWORD
 from tests.processes import Web, Worker, free_port, http, service_env
 
@@ -59,6 +61,21 @@ def test_two_web_instances_and_a_worker_share_one_truth(app, committed, test_db_
             assert http("GET", f"{b}/api/v1/users/{me['id']}")[2]["display_name"] == "roamer"
         assert http("PATCH", f"{a}/api/v1/users/me", json_body={"display_name": "Roamer B"}, headers=headers)[0] == 200
         assert http("GET", f"{b}/api/v1/users/{me['id']}")[2]["display_name"] == "Roamer B"
+        # a post written on one is at once first in the newest posts and in a follower's
+        # feed on the other, which holds copies of both cached first pages
+        fan = register_and_log_in(a, "fan")
+        assert http("PUT", f"{a}/api/v1/users/{me['id']}/follow", headers=fan)[0] == 204
+        shared = redis.Redis.from_url(app.config["REDIS_URL"])
+        shared.delete(*shared.keys("*:tombstone") or ["-"])  # as if the seconds after those writes had passed
+        for _ in range(2):  # the first read fills Redis, the second keeps a copy in b's process
+            assert http("GET", f"{b}/api/v1/posts?limit=5")[0] == 200
+            assert http("GET", f"{b}/api/v1/feed?limit=5", headers=fan)[2]["items"] == []
+        fan_id = http("GET", f"{a}/api/v1/users/me", headers=fan)[2]["id"]
+        assert shared.exists(cache.newest_posts_key(), cache.feed_key(fan_id)) == 2
+        status, _, post = http("POST", f"{a}/api/v1/posts", json_body={"title": "Fresh", "body": "b"}, headers=headers)
+        assert status == 201
+        assert http("GET", f"{b}/api/v1/posts?limit=5")[2]["items"][0]["id"] == post["id"]
+        assert [p["id"] for p in http("GET", f"{b}/api/v1/feed?limit=5", headers=fan)[2]["items"]] == [post["id"]]
         # a job queued on one is finished by the worker and seen on the other
         status, response_headers, _job = http("POST", f"{a}/api/v1/users/me/export", headers=headers)
         assert status == 202
