@@ -1,18 +1,18 @@
 """The Redis cache of public views: a user's profile, a user's newest posts (as listed by
-/users?include=posts), a post with its author, and the first page of the lists everyone
-reads (the newest posts, the users).
+/users?include=posts), a post with its author, and the first page of the lists read
+most (the newest posts, the users, each reader's feed).
 
 Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `user:v1:{id}:feed`,
-`post:v1:{id}`, `list:v1:posts:newest`, `list:v1:users`) and live CACHE_TTL_SECONDS. Only what anyone
-may see is cached (never email, role, `/me` or admin views). Writers delete the key
-right after their transaction commits, so the next read on any process is fresh; a
-delete that fails is retried by a Celery task, and the TTL bounds staleness if even that
-cannot run. A delete also leaves a short tombstone, so a reader that loaded the row
-before the write cannot put the old version back. The lists hold ids only (each item
-comes from its own key): a post created, deleted or imported drops the newest posts and
-the first feed page of each of the author's followers (`user:v1:{id}:feed`), a follow
-drops the reader's, a user registered drops the users, and an account (de)activated
-drops all three.
+`post:v1:{id}`, `list:v1:posts:newest`, `list:v1:users`) and live CACHE_TTL_SECONDS.
+Only what anyone may see is cached (never email, role, `/me` or admin views; a feed
+page holds ids of public posts). Writers delete the key right after their transaction
+commits, so the next read on any process is fresh; a delete that fails is retried by a
+Celery task, and the TTL bounds staleness if even that cannot run. A delete also leaves
+a short tombstone, so a reader that loaded the row before the write cannot put the old
+version back. The lists hold ids only (each item comes from its own key): a post
+created, deleted or imported drops the newest posts and the feed page of each of the
+author's followers (posts_changed), a follow or unfollow drops the reader's, a user
+registered drops the users, and an account (de)activated drops all of them.
 
 Every Redis call is guarded: with Redis down, reads go to PostgreSQL and writes succeed.
 Hits and misses are counted by each process and added to shared counters in Redis

@@ -137,10 +137,10 @@ class KeysetQuery:
         return _page_of(rows, (), limit)
 
     def _cached_first_page(self, key: str, limit: int, params: dict) -> Page:
-        """The first page of a list everyone reads (the newest posts, the users), answered
-        from the cache with no query. The entry holds the first PAGE_MAX + 1 items, each
-        with the cursor after it, so one entry serves every `limit`. The writers that
-        change such a list drop its key (app/cache.py says when)."""
+        """The first page of a list read most (the newest posts, the users, a reader's
+        feed), answered from the cache with no query. The entry holds the first
+        PAGE_MAX + 1 items, each with the cursor after it, so one entry serves every
+        `limit`. The writers that change such a list drop its key (app/cache.py says when)."""
         from app import cache
         from app.extensions import db
 

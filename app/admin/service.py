@@ -68,10 +68,9 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
         db.session.commit()
     if is_active is None:
         cache.invalidate(cache.profile_key(user_id))
-    else:  # they join or leave the users, their posts appear or vanish in lists and feeds
+    else:  # they join or leave the users; their posts appear or vanish in lists and feeds
         posts_changed(user_id, cache.profile_key(user_id), cache.users_key())
-    if is_active is not None:  # their posts appear or vanish: drop them now, and again soon
-        with contextlib.suppress(RedisError):  # the worker's pass below retries
+        with contextlib.suppress(RedisError):  # cached posts: now, and the worker's pass again soon
             invalidate_author_posts(user_id)
         invalidate_author_posts_later(user_id)
     return db.session.get(User, user_id)

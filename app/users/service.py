@@ -81,7 +81,8 @@ def list_users_json(*, limit: int, cursor: str | None, q: str | None = None, inc
 
     Like the lists of posts: the page is found by ids, then each profile (and list of
     newest posts) comes from the cache in one round trip; what is missing is loaded in
-    one query per kind, dumped and cached. Warm, a page is one index scan.
+    one query per kind, dumped and cached. Warm, the first page (no `q`) needs no query
+    and a later one is one index scan.
     """
     prefix = escape_like(q.lower()) + "%" if q else None
     cached_as = None if q else cache.users_key()  # the first page everyone reads is cached
