@@ -241,7 +241,10 @@ def main() -> int:
         for scenario in scenarios:
             if WARMUP_SECONDS and not scenario.get("write"):
                 wrk(scenario.get("base", app_base), scenario, WARMUP_SECONDS)
+            server = ceiling_process if "base" in scenario else app_process
+            before = cpu_used(server.pid)
             result = wrk(scenario.get("base", app_base), scenario)
+            result["cpu_us"] = cpu_per_request(before, cpu_used(server.pid), result["requests"])
             results.append({**scenario, **result})
             print(
                 f"{scenario['name']:<36} {result['rps']:8.0f} req/s  p50 {result['p50'] / 1000:6.1f} ms  "
@@ -273,6 +276,44 @@ def wait_for_revocation_mirror(redis_url: str, seconds: float = 60) -> None:
         time.sleep(0.2)
 
 
+def cpu_used(server_pid: int) -> dict[str, float] | None:
+    """CPU seconds (user + system) used so far by the gunicorn server under test (master
+    and workers), and by every `postgres` and `redis-server` process on this machine,
+    read from /proc; None where there is no /proc. wrk's own CPU is not counted."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"web": 0.0, "PostgreSQL": 0.0, "Redis": 0.0}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it exited meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, ..., utime (11), stime (12)
+        if server_pid in (int(entry.name), int(fields[1])):
+            group = "web"
+        elif name == "postgres":
+            group = "PostgreSQL"
+        elif name.startswith("redis-server"):
+            group = "Redis"
+        else:
+            continue
+        used[group] += (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def cpu_per_request(before: dict | None, after: dict | None, requests: int) -> dict[str, float] | None:
+    """Microseconds of CPU per request in each group between two cpu_used() readings (a
+    worker that exits between them takes its share with it: rare, and only low)."""
+    if before is None or after is None or not requests:
+        return None
+    return {group: (after[group] - before[group]) / requests * 1e6 for group in after}
+
+
 def cache_hit_rate(redis_url: str) -> float | None:
     import redis
 
@@ -291,14 +332,15 @@ def report(results: list[dict], hit_rate: float | None) -> None:
         f"gunicorn with WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 'default')}; "
         f"{USERS} users, {USERS * POSTS} posts, {USERS * FOLLOWS} follows.",
         "",
-        "| endpoint | req/s | vs ceiling | p50 ms | p95 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| endpoint | req/s | vs ceiling | p50 ms | p95 ms | p99 ms | errors | CPU µs/request: web / PG / Redis |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         errors = r["socket_errors"] + r["status_errors"]
+        cpu = " / ".join(f"{v:,.0f}" for v in r["cpu_us"].values()) if r["cpu_us"] else "n/a"
         lines.append(
             f"| {r['name']} | {r['rps']:.0f} | {r['rps'] / ceiling:.0%} | {r['p50'] / 1000:.1f} | "
-            f"{r['p95'] / 1000:.1f} | {r['p99'] / 1000:.1f} | {errors} |"
+            f"{r['p95'] / 1000:.1f} | {r['p99'] / 1000:.1f} | {errors} | {cpu} |"
         )
     reads = [r for r in results[1:] if not r.get("write")]
     cached = results[1]
