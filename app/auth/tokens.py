@@ -68,8 +68,8 @@ def current_user_id() -> int:
 
 def token_user_id() -> int:
     """The id the caller's token names, not yet checked against the account: for a
-    query that checks the account itself (the feed reads nothing for an inactive
-    account, and asks on its own only when its page is empty)."""
+    service that checks the account itself (the feed: on its own before a cached first
+    page, folded into the query of a later page)."""
     return int(get_jwt()["sub"])
 
 

@@ -92,7 +92,8 @@ def _feed_query() -> KeysetQuery:
     the reader follows, not with how much they have written. Whether an author is active
     is one primary-key lookup per followed user (a join let the planner scan all users).
     It finds nothing unless the reader's own account is active (one more lookup), which
-    spares the request a round trip of its own for that check.
+    spares a later page a round trip of its own for that check (the cached first page
+    checks first, on its own).
     """
 
     def build(after):
