@@ -15,7 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import config as config_module
 from app.api import register_id_converter
 from app.errors import UnsupportedMediaType
-from app.extensions import ProblemApi, db, hand_out_live_connections, jwt, migrate, redis_store
+from app.extensions import ProblemApi, db, hand_out_live_connections, jwt, migrate, note_writes, redis_store
 from app.logs import configure_logging, register_request_logging
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -35,6 +35,7 @@ def create_app(config: dict | None = None) -> Flask:
     db.init_app(app)
     with app.app_context():
         hand_out_live_connections(db.engine)
+        note_writes(db.engine)
     migrate.init_app(app, db, directory=str(_migrations_dir()))
     jwt.init_app(app)
     redis_store.init_app(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import select
 import threading
@@ -15,10 +16,11 @@ from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
+from psycopg.pq import TransactionStatus
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import MetaData, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
 
 # Stable constraint names, so migrations and error mapping can refer to them.
@@ -36,6 +38,9 @@ class Base(DeclarativeBase):
 
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+INTRANS = TransactionStatus.INTRANS  # in a transaction, no statement failed
+WROTE = "wrote_in_transaction"  # in Connection.info: a statement other than SELECT ran since BEGIN
+BEGUN = "transaction_begun_on"  # in Session.info: the transaction and the connection it began on
 
 
 class ReadsWithoutTransaction(FlaskSQLAlchemySession):
@@ -54,6 +59,38 @@ class ReadsWithoutTransaction(FlaskSQLAlchemySession):
             return _autocommit(engine)
         return engine
 
+    def close(self) -> None:
+        """End a transaction that only read with COMMIT rather than ROLLBACK.
+
+        A write request reads after its commit (the followers to notify, the row to
+        answer with), and the teardown's ROLLBACK of that read-only transaction made
+        psycopg drop every prepared statement of the connection (and send DEALLOCATE
+        ALL): the next requests on it planned their queries afresh. For a transaction
+        that wrote nothing the two are the same; anything else still rolls back.
+        """
+        if self._only_read():
+            keep, self.expire_on_commit = self.expire_on_commit, False  # as close() leaves them
+            try:
+                with contextlib.suppress(SQLAlchemyError):  # then the ROLLBACK below, as before
+                    self.commit()
+            finally:
+                self.expire_on_commit = keep
+        super().close()
+
+    def _only_read(self) -> bool:
+        if has_request_context() and request.method in READ_ONLY_METHODS:
+            return False  # in autocommit: no transaction to end
+        if not self.in_transaction() or self.new or self.dirty or self.deleted:
+            return False
+        begun = self.info.get(BEGUN)  # (transaction, connection), set by after_begin
+        if begun is None or begun[0] is not self.get_transaction():
+            return False  # no connection taken yet (or the pool had none to give)
+        connection = begun[1]
+        if connection.closed or connection.info.get(WROTE, True):
+            return False
+        dbapi_connection = connection.connection.dbapi_connection
+        return getattr(getattr(dbapi_connection, "info", None), "transaction_status", None) == INTRANS
+
 
 @functools.cache
 def _autocommit(engine):
@@ -62,6 +99,27 @@ def _autocommit(engine):
 
 
 db = SQLAlchemy(model_class=Base, session_options={"class_": ReadsWithoutTransaction})
+
+
+@event.listens_for(ReadsWithoutTransaction, "after_begin")
+def _remember_connection(session, _transaction, connection) -> None:
+    session.info[BEGUN] = (session.get_transaction(), connection)
+
+
+def note_writes(engine) -> None:
+    """Keep WROTE on each connection for ReadsWithoutTransaction.close(): anything but a
+    SELECT counts as a write (SAVEPOINT included), so only a plain read is committed."""
+    event.listen(engine, "begin", _transaction_begun)
+    event.listen(engine, "before_cursor_execute", _statement_sent)
+
+
+def _transaction_begun(connection) -> None:
+    connection.info[WROTE] = False
+
+
+def _statement_sent(connection, _cursor, statement, _parameters, _context, _executemany) -> None:
+    if statement.lstrip()[:6].upper() != "SELECT":
+        connection.info[WROTE] = True
 
 
 def hand_out_live_connections(engine) -> None:

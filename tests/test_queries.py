@@ -148,3 +148,58 @@ def test_reads_run_without_a_transaction_writes_in_one(app, client):
         assert seen == [("SELECT", False)]
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_new_post_is_answered_from_the_insert_not_read_back(client, count_queries, login):
+    """The 201 body is the row the INSERT returned (server defaults included) and the
+    author already loaded for the token: no query reads the post back."""
+    author = UserFactory()
+    headers = login(author)
+    with count_queries() as counter:
+        response = client.post("/api/v1/posts", json={"title": "Fresh", "body": "Just written."}, headers=headers)
+    assert response.status_code == 201
+    assert [s for s in counter.statements if s.startswith("SELECT") and "FROM posts" in s] == []
+    created = response.get_json()
+    assert created == client.get(f"/api/v1/posts/{created['id']}").get_json()  # what was stored
+    assert created["author"] == {"id": author.id, "username": author.username, "display_name": author.display_name}
+
+
+@pytest.mark.no_transaction
+def test_a_write_request_ends_a_transaction_that_only_read_with_commit(app, committed):
+    """psycopg drops a connection's prepared statements at every ROLLBACK, so a request
+    whose open transaction only read ends it with COMMIT; one that wrote, or has
+    changes not yet flushed, still rolls back."""
+    from sqlalchemy import event, select, update
+
+    ends = []
+    with app.app_context():
+        engine = db.engine
+        user = UserFactory()
+        db.session.commit()
+        user_id, bio = user.id, user.bio
+        db.session.remove()
+    listeners = {"commit": lambda _conn: ends.append("COMMIT"), "rollback": lambda _conn: ends.append("ROLLBACK")}
+    for name, listener in listeners.items():
+        event.listen(engine, name, listener)
+    try:
+        with app.test_request_context("/api/v1/posts", method="POST"):
+            db.session.execute(select(User.id).where(User.id == user_id))
+            db.session.remove()
+        assert ends == ["COMMIT"]
+
+        ends.clear()
+        with app.test_request_context("/api/v1/posts", method="POST"):
+            db.session.execute(update(User).where(User.id == user_id).values(bio="never committed"))
+            db.session.remove()
+        assert ends == ["ROLLBACK"]
+
+        ends.clear()
+        with app.test_request_context("/api/v1/posts", method="POST"):
+            db.session.get(User, user_id).bio = "pending, not flushed"
+            db.session.remove()
+        assert ends == ["ROLLBACK"]
+    finally:
+        for name, listener in listeners.items():
+            event.remove(engine, name, listener)
+    with app.app_context():
+        assert db.session.get(User, user_id).bio == bio  # neither change was kept

@@ -16,8 +16,8 @@ blp = ApiBlueprint("posts", __name__, description="Posts and the feed")
 ETAG_HEADER = {"ETag": {"schema": {"type": "string"}, "description": "the post's version"}}
 
 
-def _etag(post) -> dict:
-    return {"ETag": f'"{etag_of(post.version)}"'}
+def _etag(version: int) -> dict:
+    return {"ETag": f'"{etag_of(version)}"'}
 
 
 @blp.route("/posts")
@@ -37,8 +37,8 @@ def list_posts(args):
 @blp.response(201, PostSchema, headers={"Location": {"schema": {"type": "string"}}, **ETAG_HEADER})
 def create_post(body):
     """Write a post."""
-    post = service.create_post(current_user.id, body["title"], body["body"])
-    return post, {"Location": url_for("posts.get_post", post_id=post.id), **_etag(post)}
+    post = service.create_post(current_user, body["title"], body["body"])
+    return post, {"Location": url_for("posts.get_post", post_id=post["id"]), **_etag(post["version"])}
 
 
 @blp.route("/posts/<id:post_id>")
@@ -60,7 +60,7 @@ def get_post(post_id):
 def update_post(changes, post_id):
     """Edit a post (author or admin). Send `If-Match` with the ETag you read."""
     post = service.update_post(post_id, current_user, changes, request.if_match)
-    return post, _etag(post)
+    return post, _etag(post.version)
 
 
 @blp.route("/posts/<id:post_id>", methods=["DELETE"])
