@@ -88,8 +88,7 @@ class ReadsWithoutTransaction(FlaskSQLAlchemySession):
         connection = begun[1]
         if connection.closed or connection.info.get(WROTE, True):
             return False
-        dbapi_connection = connection.connection.dbapi_connection
-        return getattr(getattr(dbapi_connection, "info", None), "transaction_status", None) == INTRANS
+        return connection.connection.dbapi_connection.info.transaction_status == INTRANS
 
 
 @functools.cache
