@@ -70,6 +70,14 @@ def make_celery(flask_app: Flask) -> Celery:
                 "task": "worker.tasks.purge_expired_revocations",
                 "schedule": crontab(minute=15),
             },
+            "purge-expired-job-results": {
+                "task": "worker.tasks.purge_expired_results",
+                "schedule": crontab(minute=40),
+            },
+            "purge-failed-import-uploads": {
+                "task": "worker.tasks.purge_failed_uploads",
+                "schedule": crontab(minute=45),
+            },
         },
     )
     flask_app.extensions["celery"] = celery
