@@ -40,11 +40,29 @@ def tables() -> set[str]:
 def test_upgrade_downgrade_upgrade(empty_db_app):
     with empty_db_app.app_context():
         upgrade()
-        assert tables() == {"users", "posts", "follows", "sessions", "revoked_tokens", "jobs", "job_files", "job_file_chunks"}
+        assert tables() == {
+            "users",
+            "posts",
+            "follows",
+            "sessions",
+            "revoked_tokens",
+            "jobs",
+            "job_files",
+            "job_file_chunks",
+        }
         downgrade(revision="base")
         assert tables() == set()
         upgrade()
-        assert tables() == {"users", "posts", "follows", "sessions", "revoked_tokens", "jobs", "job_files", "job_file_chunks"}
+        assert tables() == {
+            "users",
+            "posts",
+            "follows",
+            "sessions",
+            "revoked_tokens",
+            "jobs",
+            "job_files",
+            "job_file_chunks",
+        }
         with db.engine.connect() as conn, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # alembic cannot compare expression indexes; it says so
             diff = compare_metadata(MigrationContext.configure(conn), db.metadata)

@@ -50,11 +50,20 @@ class FileWriter:
         )
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
         self.size += len(data)
-        while len(self._buffer) >= CHUNK_BYTES:
-            self._insert(bytes(self._buffer[:CHUNK_BYTES]))
-            del self._buffer[:CHUNK_BYTES]
+        rest = memoryview(data)
+        if self._buffer:
+            room = CHUNK_BYTES - len(self._buffer)
+            self._buffer += rest[:room]
+            rest = rest[room:]
+            if len(self._buffer) < CHUNK_BYTES:
+                return
+            self._insert(bytes(self._buffer))
+            self._buffer.clear()
+        while len(rest) >= CHUNK_BYTES:
+            self._insert(bytes(rest[:CHUNK_BYTES]))
+            rest = rest[CHUNK_BYTES:]
+        self._buffer += rest
 
     def close(self) -> None:
         if self._buffer:

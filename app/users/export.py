@@ -17,7 +17,8 @@ from app.extensions import db
 from app.models import Follow, Post, User
 from app.users.schemas import PrivateUserSchema, UserSummarySchema
 
-CHUNK = 1000  # rows per query, and per checkpoint
+CHUNK = 1000  # users per query, and per checkpoint
+POSTS_CHUNK = 250  # posts per query (a post may hold 20,000 characters)
 
 _SUMMARY = UserSummarySchema()
 
@@ -60,7 +61,7 @@ def _posts(user_id: int) -> Iterator[list[dict]]:
             select(Post.id, Post.title, Post.body, Post.external_id, Post.created_at, Post.updated_at)
             .where(Post.author_id == user_id, Post.id > last_id)
             .order_by(Post.id)
-            .limit(CHUNK)
+            .limit(POSTS_CHUNK)
         ).all()
         if not rows:
             return
