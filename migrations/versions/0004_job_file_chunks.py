@@ -34,6 +34,9 @@ def upgrade():
         ),
         sa.PrimaryKeyConstraint("job_id", "role", "seq", name=op.f("pk_job_file_chunks")),
     )
+    # stored as they come, not compressed: pglz spends seconds of the server's CPU on a large
+    # upload (and keeps text that does not shrink by a quarter uncompressed anyway)
+    op.execute("ALTER TABLE job_file_chunks ALTER COLUMN data SET STORAGE EXTERNAL")
     op.add_column("job_files", sa.Column("size", sa.BigInteger(), server_default="0", nullable=False))
     op.add_column("job_files", sa.Column("purged_at", postgresql.TIMESTAMP(timezone=True), nullable=True))
     op.execute(
