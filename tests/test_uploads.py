@@ -394,7 +394,9 @@ def test_one_export_at_a_time_and_a_rate_per_user(client, login, app, monkeypatc
     assert again.get_json()["job"] == first and first in again.get_json()["detail"]
     assert count(Job) == 1
     jobs.run(first)
+    assert client.get(f"/api/v1/jobs/{first}/result", headers=headers).status_code == 200
     jobs.run(client.post(EXPORT, headers=headers).get_json()["id"])
+    assert client.get(f"/api/v1/jobs/{first}/result", headers=headers).status_code == 410  # the newer one replaced it
     limited = client.post(EXPORT, headers=headers)  # the fourth in the hour (the 409 counts)
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
     assert client.post(EXPORT, headers=login(UserFactory())).status_code == 202  # per user

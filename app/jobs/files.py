@@ -123,17 +123,35 @@ def purge_failed_uploads() -> int:
     return _purge(failed, role="input", keep_row=False)
 
 
+def drop_older_results(owner_id: int, kind: JobKind, newest: uuid.UUID) -> None:
+    """Purge the results of the owner's earlier jobs of this kind (their downloads then
+    answer 410), in the caller's transaction: one export per user is kept, the newest."""
+    older = (
+        select(JobFile.job_id)
+        .join(Job, Job.id == JobFile.job_id)
+        .where(Job.owner_id == owner_id, Job.kind == kind, Job.id != newest)
+        .where(JobFile.role == "result", JobFile.purged_at.is_(None))
+    )
+    _purge_now(db.session.scalars(older.with_for_update(of=JobFile)).all(), role="result", keep_row=True)
+
+
 def _purge(candidates, *, role: str, keep_row: bool) -> int:
     purged = 0
     while True:
         job_ids = db.session.scalars(candidates.limit(PURGE_BATCH).with_for_update(of=JobFile, skip_locked=True)).all()
         if not job_ids:
             return purged
-        db.session.execute(delete(JobFileChunk).where(JobFileChunk.job_id.in_(job_ids), JobFileChunk.role == role))
-        files = (JobFile.job_id.in_(job_ids), JobFile.role == role)
-        if keep_row:
-            db.session.execute(update(JobFile).where(*files).values(purged_at=func.now()))
-        else:
-            db.session.execute(delete(JobFile).where(*files))
+        _purge_now(job_ids, role=role, keep_row=keep_row)
         db.session.commit()
         purged += len(job_ids)
+
+
+def _purge_now(job_ids: list, *, role: str, keep_row: bool) -> None:
+    if not job_ids:
+        return
+    db.session.execute(delete(JobFileChunk).where(JobFileChunk.job_id.in_(job_ids), JobFileChunk.role == role))
+    files = (JobFile.job_id.in_(job_ids), JobFile.role == role)
+    if keep_row:
+        db.session.execute(update(JobFile).where(*files).values(purged_at=func.now()))
+    else:
+        db.session.execute(delete(JobFile).where(*files))

@@ -128,8 +128,9 @@ def result_of(actor: User, job_id: uuid.UUID) -> JobFile:
         raise NotFound("This job has no downloadable result.")
     if file.purged_at is not None:
         raise Gone(
-            f"This result was deleted on {file.purged_at.date().isoformat()}: results are kept "
-            f"{current_app.config['JOB_RESULT_RETENTION_DAYS']} days. Start the job again for a new one."
+            f"This result was deleted on {file.purged_at.date().isoformat()}: a result is kept "
+            f"{current_app.config['JOB_RESULT_RETENTION_DAYS']} days, or until a newer one of the same kind "
+            "is made. Start the job again for a new one."
         )
     return file
 

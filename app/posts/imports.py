@@ -121,6 +121,13 @@ def detect_format(filename: str, content_type: str, declared: str | None) -> str
 # -- in the web request: refuse what cannot be imported, store the rest ----------------
 
 
+def before_upload(author_id: int) -> None:
+    """What an upload is refused for before its body is read (see refuse_unless_room).
+    Then the transaction ends: no database connection waits while a slow client sends."""
+    refuse_unless_room(author_id)
+    db.session.commit()
+
+
 def refuse_unless_room(author_id: int, *, lock: bool = False, besides=None) -> None:
     """429 when the author already has IMPORT_MAX_UNFINISHED_PER_USER imports queued or
     running: each holds a file in the database and a worker's time. Checked before the

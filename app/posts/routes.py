@@ -88,7 +88,7 @@ def _before_the_body(view):
         request.max_content_length = current_app.config["IMPORT_MAX_BYTES"]
         if request.mimetype != "multipart/form-data":
             raise UnsupportedMediaType("Upload the file as multipart/form-data.")
-        imports.refuse_unless_room(current_user.id)
+        imports.before_upload(current_user.id)
         with uploads.slot():
             return view(*args, **kwargs)
 
