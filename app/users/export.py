@@ -2,7 +2,8 @@
 
 The document is written as it is read, a page of rows at a time, into the job's result
 file (app.jobs.files): however many posts and followers, the worker holds one page and
-one chunk of it. A job run again after a crash writes the document afresh.
+one chunk of it. A job run again after a crash writes the document afresh. Each user
+keeps one export, the newest: a finished export deletes the ones before it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import Follow, Post, User
+from app.jobs import files
+from app.models import Follow, JobKind, Post, User
 from app.users.schemas import PrivateUserSchema, UserSummarySchema
 
 CHUNK = 1000  # users per query, and per checkpoint
@@ -50,6 +52,7 @@ def run_export(tracker) -> None:
             tracker.checkpoint(done, max(done, total))
     out.write(b"]}")
     out.close()
+    files.drop_older_results(user_id, JobKind.EXPORT_USER, tracker.job.id)
     tracker.state.update(counts)
     tracker.checkpoint(done, done)
 
