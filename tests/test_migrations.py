@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 import warnings
 
@@ -74,7 +75,7 @@ def test_upgrade_downgrade_upgrade(empty_db_app):
 def test_0004_moves_job_files_into_chunks_and_back(empty_db_app):
     from sqlalchemy import text
 
-    content = bytes(range(256)) * (10 * 1024 + 3)  # 2.5 MiB and a bit: three chunks, the last short
+    content = random.Random(4).randbytes(2 * 1024 * 1024 + 5000)  # three chunks, the last short
     whole, empty, purged = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     with empty_db_app.app_context():
         upgrade(revision="0003")
