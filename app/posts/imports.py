@@ -198,10 +198,12 @@ class UploadCheck:
         self._open_line_counts = False  # the unfinished last line has content
 
     def feed(self, chunk: bytes) -> None:
-        try:
-            self._decoder.decode(chunk)
-        except UnicodeDecodeError:
-            raise ValidationFailed("The file is not UTF-8 text.", errors={"file": ["Not UTF-8."]}) from None
+        # ASCII is UTF-8 as it is, unless a character cut at the last chunk's end waits
+        if not (chunk.isascii() and not self._decoder.getstate()[0]):
+            try:
+                self._decoder.decode(chunk)
+            except UnicodeDecodeError:
+                raise ValidationFailed("The file is not UTF-8 text.", errors={"file": ["Not UTF-8."]}) from None
         first = chunk.find(b"\n")
         if first < 0:
             self._open_line_counts = self._open_line_counts or _CONTENT.search(chunk) is not None
