@@ -66,7 +66,8 @@ def test_the_upload_check_counts_lines_and_decodes_across_any_chunking(size):
     [
         (b"ok\n" * 1000 + b"\xff\n", "Not UTF-8."),
         (b"ok\n" * 1000 + b"\xe2\x82", "Not UTF-8."),  # cut inside a character, at the very end
-        (b"abcde\xe2\x82" + b"xyz\n" * 10, "Not UTF-8."),  # a cut character, then ASCII chunks
+        # (in chunks of 7) a character cut, an ASCII chunk, then the byte that would end it
+        (b"abcde\xe2\x82" + b"xyz\nxyz" + b"\xac\n", "Not UTF-8."),
         (b" \n\t\n", "Empty."),
         (b"a\nb\nc\n", "More than 2 lines."),
     ],
