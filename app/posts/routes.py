@@ -80,16 +80,18 @@ def delete_post(post_id):
 
 def _before_the_body(view):
     """The refusals an upload gets before a byte of its body is read (after
-    authentication): the media type, the user's unfinished imports, the host's uploads
-    in flight. The view's arguments, below this, are what read the body."""
+    authentication): the media type, the host's uploads in flight, the user's unfinished
+    imports. The view's arguments, below this, are what read the body."""
 
     @functools.wraps(view)
     def guarded(*args, **kwargs):
         request.max_content_length = current_app.config["IMPORT_MAX_BYTES"]
         if request.mimetype != "multipart/form-data":
             raise UnsupportedMediaType("Upload the file as multipart/form-data.")
-        imports.before_upload(current_user.id)
+        # the slot first: a Redis round trip; refused while every upload worker is busy,
+        # it frees its web worker soonest
         with uploads.slot():
+            imports.before_upload(current_user.id)
             return view(*args, **kwargs)
 
     return guarded
