@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def test_the_walkthrough_runs_end_to_end_twice_in_a_row(app, committed, test_db_
         web.wait_ready()
         for _ in range(2):  # a second run finds the first one's accounts and posts
             done = subprocess.run(
-                ["sh", str(SCRIPT)],
+                [shutil.which("sh"), str(SCRIPT)],
                 env={**os.environ, "API": web.url("")},
                 capture_output=True,
                 text=True,
