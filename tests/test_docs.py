@@ -166,6 +166,14 @@ def test_the_settings_table_names_every_variable_the_code_reads_and_no_other():
     assert sorted(set(documented) - code - TOOL_SETTINGS) == [], "in docs/configuration.md, read by no code"
 
 
+def test_the_process_table_is_the_procfile():
+    procfile = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
+    procfile = {name.strip(): command.strip() for name, command in procfile.items()}
+    table = dict(re.findall(r"^\| `([a-z_]+)` \| `([^`]+)` \|", (ROOT / "docs" / "operations.md").read_text(), re.M))
+    assert {"release", "web", "worker", "beat"} <= set(procfile)
+    assert table == procfile
+
+
 # -- endpoints named in the docs --------------------------------------------------------
 
 METHODS = "GET|HEAD|POST|PUT|PATCH|DELETE"
