@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # One image for every process type of the Procfile. The default command is `web`;
-# pass another command for the others (see README.md, "Docker"):
+# pass another command for the others (see docs/operations.md, "Docker"):
 #   release  flask db upgrade
 #   worker   celery -A worker worker --loglevel=INFO --concurrency=2
 #   beat     celery -A worker beat --loglevel=INFO --schedule=/tmp/celerybeat-schedule
