@@ -23,8 +23,8 @@ PROFILES = ("production", "development", "test")
 SECRET_NAMES = ("SECRET_KEY", "JWT_SECRET_KEY")
 # where development and test keep their secrets, in the instance folder
 LOCAL_SECRETS_FILE = "dev-secrets.json"
-# the start of a development secret this repository once published: anyone can sign
-# tokens with it, so no production secret may contain it
+# the start of a development secret in this repository's history: anyone can sign tokens
+# with it, so no production secret may contain it
 PUBLISHED_SECRET_PREFIX = "dev-only-insecure-secret"  # noqa: S105
 # OWASP's argon2id minimums (memory in KiB, passes), each with one lane; any setting at
 # or above one of the rows is accepted

@@ -14,7 +14,7 @@ import pytest
 from app import config, create_app
 from app.config import ConfigError
 
-# the development secret this repository once published as a constant of app/config.py
+# the development secret in this repository's history: anyone can sign tokens with it
 PUBLISHED_DEV_SECRET = "dev-only-insecure-secret-change-me-0000000000"
 STRONG_A = secrets.token_urlsafe(40)
 STRONG_B = secrets.token_urlsafe(40)
