@@ -23,7 +23,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 
 def create_app(config: dict | None = None) -> Flask:
-    app = Flask(__name__, instance_path=os.environ.get("INSTANCE_DIR") or str(_ROOT / "instance"))
+    app = Flask(__name__, instance_path=str(config_module.instance_dir()))
     app.config.update(config_module.load(config))
     app.json.sort_keys = False
     app.session_interface = NoCookieSessions()

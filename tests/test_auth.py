@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from datetime import UTC, timedelta
 
 import jwt as pyjwt
@@ -162,6 +163,7 @@ def _forged(app, payload: dict, alg: str, key: str) -> str:
 
 
 def _claims(user_id: int, **extra) -> dict:
+    """Every claim issue_tokens gives an access token: a refusal is for the case's reason."""
     from datetime import datetime
 
     now = datetime.now(UTC)
@@ -169,6 +171,8 @@ def _claims(user_id: int, **extra) -> dict:
         "sub": str(user_id),
         "type": "access",
         "jti": "x",
+        "role": "user",
+        "sid": str(uuid.uuid4()),
         "iat": now,
         "nbf": now,
         "exp": now + timedelta(minutes=5),
@@ -177,17 +181,19 @@ def _claims(user_id: int, **extra) -> dict:
     }
 
 
+def _issued_shape(**extra) -> dict:
+    """The claims issue_tokens adds to those of create_access_token."""
+    return {"additional_claims": {"role": "user", "sid": str(uuid.uuid4())}, **extra}
+
+
 def test_bad_tokens_are_all_401_problems(client, app):
     user = UserFactory()
     secret = app.config["JWT_SECRET_KEY"]
     header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode()).rstrip(b"=").decode()
-    payload = (
-        base64.urlsafe_b64encode(json.dumps({"sub": str(user.id), "type": "access", "exp": 4102444800}).encode())
-        .rstrip(b"=")
-        .decode()
-    )
+    unsigned = {**_claims(user.id), "iat": 1700000000, "nbf": 1700000000, "exp": 4102444800}
+    payload = base64.urlsafe_b64encode(json.dumps(unsigned).encode()).rstrip(b"=").decode()
     with app.app_context():
-        expired = create_access_token(identity=str(user.id), expires_delta=timedelta(seconds=-1))
+        expired = create_access_token(identity=str(user.id), **_issued_shape(expires_delta=timedelta(seconds=-1)))
     tokens = {
         "wrong signature": _forged(app, _claims(user.id), "HS256", "another-secret-key-of-enough-length!"),
         "alg none": f"{header}.{payload}.",
@@ -224,7 +230,7 @@ def test_a_verified_token_is_remembered_until_it_expires(client, app, monkeypatc
     tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     assert client.get(ME, headers={"Authorization": f"Bearer {tampered}"}).status_code == 401
     with app.app_context():
-        short = create_access_token(identity=str(user.id), expires_delta=timedelta(seconds=1))
+        short = create_access_token(identity=str(user.id), **_issued_shape(expires_delta=timedelta(seconds=1)))
     assert client.get(ME, headers={"Authorization": f"Bearer {short}"}).status_code == 200
     time.sleep(1.1)
     response = client.get(ME, headers={"Authorization": f"Bearer {short}"})

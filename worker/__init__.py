@@ -121,9 +121,14 @@ def __getattr__(name: str):
     """`worker.celery`, built on first use (so importing this package builds nothing)."""
     if name == "celery":
         from app import create_app
+        from app.config import ConfigError, refuse_to_start
 
         global celery
-        celery = create_app().extensions["celery"]
+        try:
+            flask_app = create_app()
+        except ConfigError as error:
+            refuse_to_start(error)  # one line, not celery's traceback
+        celery = flask_app.extensions["celery"]
         celery.set_default()
         return celery
     raise AttributeError(name)
