@@ -12,8 +12,8 @@ from sqlalchemy import func, select, text, update
 
 from app import cache, queue
 from app.extensions import db, redis_store
-from app.models import Job, Post, User
 from app.jobs import service as jobs
+from app.models import Job, Post, User
 from app.posts import imports
 from app.users.service import recount_counters
 from tests.conftest import open_session
