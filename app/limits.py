@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, request
 from flask_jwt_extended import decode_token
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.auth import service as auth_service
 from app.extensions import db
 
+_LOGIN_ACCOUNT = "postboard.login_account"  # in the WSGI environ
 LOGIN_MAX_LENGTH = 254  # LoginSchema's bound: a longer login names no account
 LOGIN_CEILING = (
     "Too many login attempts for this account, from all addresses together. Try again after "
@@ -30,10 +31,12 @@ def _login_account() -> str:
     """The account a login attempt is against: `user:<id>` when the login is a user's
     username or email (the two are one account), else a digest of the login. Either
     way the limits, statuses and headers are the same: they do not tell whether the
-    account exists. Resolved once per request."""
-    if "login_account" not in g:
-        g.login_account = _resolve_login_account()
-    return g.login_account
+    account exists. Resolved once per request (kept on the request: `g` lives as long
+    as the app context, which may span several requests)."""
+    account = request.environ.get(_LOGIN_ACCOUNT)
+    if account is None:
+        account = request.environ[_LOGIN_ACCOUNT] = _resolve_login_account()
+    return account
 
 
 def _resolve_login_account() -> str:
