@@ -152,7 +152,7 @@ def test_a_real_worker_runs_the_task_from_the_broker(app, committed, worker_proc
         PostFactory(author=user)
         db.session.execute(update(User).where(User.id == user.id).values(post_count=40))
         db.session.commit()
-        app.extensions["celery"].send_task("worker.tasks.nightly_recount")
+        app.extensions["celery"].send_task(queue.NIGHTLY_RECOUNT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             db.session.expire_all()
