@@ -20,11 +20,11 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-## run: the whole service (API on http://127.0.0.1:5000, worker, beat) with demo data
+## run: the whole service (API on http://127.0.0.1:5000, both workers, beat) with demo data
 run: export APP_ENV = development
 run: $(BIN)/.installed
 	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/flask seed --demo \
-	  && HOST=127.0.0.1 PORT=$${PORT:-5000} LOG_FORMAT=$${LOG_FORMAT:-text} exec $(BIN)/honcho -f Procfile start web worker beat'
+	  && HOST=127.0.0.1 PORT=$${PORT:-5000} LOG_FORMAT=$${LOG_FORMAT:-text} exec $(BIN)/honcho -f Procfile start web worker_short worker_long beat'
 
 ## test: the whole suite against real PostgreSQL and Redis, with branch coverage
 test: export APP_ENV = test

@@ -198,7 +198,6 @@ def load(overrides: dict | None = None) -> dict:
         "RATELIMIT_HEADERS_ENABLED": True,
         "RATELIMIT_KEY_PREFIX": "ratelimit",
         "RATELIMIT_LOGIN_PER_IP": os.environ.get("RATELIMIT_LOGIN_PER_IP", "30 per minute"),
-        "RATELIMIT_LOGIN_PER_NAME": os.environ.get("RATELIMIT_LOGIN_PER_NAME", "5 per minute"),
         "RATELIMIT_REGISTER_PER_IP": os.environ.get("RATELIMIT_REGISTER_PER_IP", "10 per hour"),
         "RATELIMIT_REFRESH_PER_SESSION": os.environ.get("RATELIMIT_REFRESH_PER_SESSION", "10 per minute"),
         "RATELIMIT_PASSWORD_PER_USER": os.environ.get("RATELIMIT_PASSWORD_PER_USER", "5 per minute"),
@@ -228,6 +227,15 @@ def load(overrides: dict | None = None) -> dict:
         "PAGE_DEFAULT_LIMIT": 20,
         "PAGE_MAX_LIMIT": 100,
         "RETRY_AFTER_SECONDS": _int("RETRY_AFTER_SECONDS", 5),
+        # login limits: tight per account (a username and its email are one) and client
+        # address, so guessing from one address does not lock the owner out elsewhere; a
+        # looser ceiling per account from every address together against spread guessing
+        "RATELIMIT_LOGIN_PER_ACCOUNT_IP": os.environ.get("RATELIMIT_LOGIN_PER_ACCOUNT_IP", "5 per minute"),
+        "RATELIMIT_LOGIN_PER_ACCOUNT": os.environ.get("RATELIMIT_LOGIN_PER_ACCOUNT", "50 per hour"),
+        # full-text search (GET /posts?q=): the longest one may run (then 503), and a
+        # limit per client address on requests with `q` (the plain list is not limited)
+        "SEARCH_STATEMENT_TIMEOUT_MS": _int("SEARCH_STATEMENT_TIMEOUT_MS", 2000),
+        "RATELIMIT_SEARCH_PER_IP": os.environ.get("RATELIMIT_SEARCH_PER_IP", "60 per minute"),
         "JSON_SORT_KEYS": False,
         # flask-smorest / OpenAPI
         "API_TITLE": "Postboard API",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app import create_app
+from app.extensions import db, statement_timeout
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "request_id"}
 
@@ -33,6 +35,11 @@ def failing_app(app, test_db_url):
     @broken.get("/pool-exhausted")
     def pool_exhausted():
         raise PoolTimeoutError("QueuePool limit reached")
+
+    @broken.get("/too-slow")
+    def too_slow():
+        with statement_timeout(50):
+            db.session.execute(text("SELECT pg_sleep(2)"))
 
     return broken
 
@@ -65,6 +72,14 @@ def test_database_trouble_is_503_with_retry_after(failing_app, path):
     response = failing_app.test_client().get(path)
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_a_statement_stopped_by_its_timeout_is_503_not_database_down(failing_app):
+    response = failing_app.test_client().get("/too-slow")
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["detail"].startswith("The request took too long in the database")
     assert int(response.headers["Retry-After"]) > 0
 
 

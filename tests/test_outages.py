@@ -106,7 +106,7 @@ def test_postgres_down_while_serving_then_back_without_a_restart(app, tmp_path):
 @pytest.mark.no_transaction
 def test_redis_down_while_serving_then_back(app, committed, test_db_url, tmp_path):
     redis_server = RedisServer().start()
-    env = service_env(app, test_db_url, REDIS_URL=redis_server.url, RATELIMIT_LOGIN_PER_NAME="3 per minute")
+    env = service_env(app, test_db_url, REDIS_URL=redis_server.url, RATELIMIT_LOGIN_PER_ACCOUNT_IP="3 per minute")
     web = Web(env, tmp_path / "web.log").wait_ready()
     try:
         base = web.url("")

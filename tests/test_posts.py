@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import time
 
-from app.extensions import db
+import pytest
+from sqlalchemy import text
+
+from app.extensions import db, statement_timeout
 from app.models import Post, User
 from tests.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
 
@@ -147,6 +150,55 @@ def test_full_text_search(client):
     both = client.get(POSTS, query_string={"q": '"planner picked" -redis'}).get_json()["items"]
     assert [p["id"] for p in both] == [hit_body.id]
     assert client.get(POSTS, query_string={"q": "!!! & |"}).status_code == 200
+
+
+@pytest.mark.no_transaction
+def test_a_search_that_runs_too_long_is_stopped_and_answered_503(app, committed, client, monkeypatch):
+    """The search waits on a lock held here: a slow statement, stopped by the search's own
+    timeout (well before the 15 s one every statement has), in a GET's autocommit."""
+    monkeypatch.setitem(app.config, "SEARCH_STATEMENT_TIMEOUT_MS", 300)
+    with app.app_context():
+        post_id = PostFactory(title="A needle in the stack").id
+        holder = db.engine.connect()
+    try:
+        holder.execute(text("LOCK TABLE posts IN ACCESS EXCLUSIVE MODE"))
+        started = time.monotonic()
+        stopped = client.get(POSTS, query_string={"q": "needle"})
+        elapsed = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert stopped.status_code == 503, stopped.get_json()
+    assert stopped.mimetype == "application/problem+json"
+    # ours, or the rate limit's window if later (Flask-Limiter keeps the later of the two)
+    assert int(stopped.headers["Retry-After"]) >= app.config["RETRY_AFTER_SECONDS"]
+    assert stopped.get_json()["detail"].startswith("The search took too long")
+    assert 0.3 <= elapsed < 5
+    # the same search answers once nothing holds it up; the connection kept no timeout
+    assert [p["id"] for p in client.get(POSTS, query_string={"q": "needle"}).get_json()["items"]] == [post_id]
+    with app.app_context():
+        assert db.session.scalar(text("SHOW statement_timeout")) == "15s"
+
+
+def test_the_search_timeout_lasts_only_the_search(app):
+    """Inside a transaction (here the test's) the search's timeout is set back after it."""
+    before = db.session.scalar(text("SHOW statement_timeout"))
+    with statement_timeout(1234):
+        assert db.session.scalar(text("SHOW statement_timeout")) == "1234ms"
+    assert db.session.scalar(text("SHOW statement_timeout")) == before == "15s"
+
+
+def test_searches_are_limited_per_address_and_the_plain_list_is_not(client, app, monkeypatch):
+    monkeypatch.setitem(app.config, "RATELIMIT_SEARCH_PER_IP", "3 per minute")
+    here, there = {"REMOTE_ADDR": "192.0.2.10"}, {"REMOTE_ADDR": "192.0.2.11"}
+    statuses = [client.get(POSTS, query_string={"q": "word"}, environ_base=here).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    limited = client.get(POSTS, query_string={"q": "other"}, environ_base=here)
+    assert limited.status_code == 429 and limited.mimetype == "application/problem+json"
+    assert int(limited.headers["Retry-After"]) > 0
+    assert client.get(POSTS, query_string={"q": "word"}, environ_base=there).status_code == 200
+    assert [client.get(POSTS, environ_base=here).status_code for _ in range(5)] == [200] * 5
+    assert client.get(POSTS, query_string={"author": 1}, environ_base=here).status_code == 200
 
 
 def test_feed_shows_posts_of_followed_users_only(client, login):

@@ -60,7 +60,7 @@ def test_api1_bola_me_is_always_the_tokens_owner(client):
 # -- API2:2023 Broken Authentication ----------------------------------------------------
 
 
-def test_api2_broken_authentication_login_is_rate_limited_per_login_name(client):
+def test_api2_broken_authentication_login_is_rate_limited_per_account_and_address(client):
     UserFactory(username="target")
     wrong = {"login": "target", "password": "not the password"}
     statuses = [client.post(f"{API}/auth/login", json=wrong).status_code for _ in range(5)]
@@ -69,6 +69,69 @@ def test_api2_broken_authentication_login_is_rate_limited_per_login_name(client)
     assert blocked.status_code == 429
     assert blocked.mimetype == "application/problem+json"
     assert int(blocked.headers["Retry-After"]) > 0
+
+
+def login_from(client, address: str, login: str, password: str):
+    return client.post(
+        f"{API}/auth/login", json={"login": login, "password": password}, environ_base={"REMOTE_ADDR": address}
+    )
+
+
+def test_api2_guesses_from_one_address_do_not_lock_the_owner_out_from_another(client):
+    UserFactory(username="owner")
+    guesses = [login_from(client, "198.51.100.7", "owner", f"guess {i}").status_code for i in range(6)]
+    assert guesses == [401] * 5 + [429]
+    assert login_from(client, "203.0.113.9", "owner", PASSWORD).status_code == 200
+    assert login_from(client, "198.51.100.7", "owner", PASSWORD).status_code == 429  # that address still waits
+
+
+def test_api2_a_username_and_its_email_are_one_account_for_the_login_limit(client):
+    UserFactory(username="dual", email="Dual@Example.com")
+    guesses = [login_from(client, "198.51.100.8", "dual", f"guess {i}").status_code for i in range(5)]
+    assert guesses == [401] * 5
+    assert login_from(client, "198.51.100.8", "DUAL@example.com", "guess 5").status_code == 429
+    assert login_from(client, "198.51.100.8", "dual@example.com", PASSWORD).status_code == 429
+
+
+def test_api2_guesses_spread_over_many_addresses_reach_the_per_account_ceiling(client, app):
+    assert app.config["RATELIMIT_LOGIN_PER_ACCOUNT"] == "50 per hour"
+    UserFactory(username="popular", email="popular@example.com")
+    spread = [
+        login_from(client, f"192.0.2.{address}", "popular" if guess % 2 else "popular@example.com", "nope").status_code
+        for address in range(10)
+        for guess in range(5)
+    ]
+    assert spread == [401] * 50
+    refused = login_from(client, "192.0.2.100", "popular", "nope")
+    assert refused.status_code == 429
+    assert refused.mimetype == "application/problem+json"
+    assert "password reset" in refused.get_json()["detail"]
+    assert int(refused.headers["Retry-After"]) > 60  # the hour's window, not a minute's
+    # the owner too, from an address of their own: their way back is the reset
+    assert login_from(client, "203.0.113.10", "popular", PASSWORD).status_code == 429
+
+
+def test_api2_login_limits_do_not_tell_whether_an_account_exists(client):
+    UserFactory(username="someone")
+
+    def answers(login: str, address: str) -> list:
+        seen = []
+        for i in range(7):
+            response = login_from(client, address, login, f"guess {i}")
+            seen.append(
+                (
+                    response.status_code,
+                    response.get_json()["detail"],
+                    sorted(name for name, _ in response.headers if name.lower().startswith(("x-ratelimit", "retry"))),
+                    response.headers.get("X-RateLimit-Limit"),
+                    response.headers.get("X-RateLimit-Remaining"),
+                )
+            )
+        return seen
+
+    existing, unknown = answers("someone", "192.0.2.50"), answers("no-one-by-this-name", "192.0.2.51")
+    assert [status for status, *_ in existing] == [401] * 5 + [429] * 2
+    assert existing == unknown
 
 
 def test_api2_broken_authentication_login_is_rate_limited_per_address(client, app, monkeypatch):
@@ -107,7 +170,7 @@ def test_api2_broken_authentication_limits_fall_back_to_memory_when_redis_is_dow
                 "APP_ENV": "test",
                 "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(False),
                 "REDIS_URL": server.url,
-                "RATELIMIT_LOGIN_PER_NAME": "3 per minute",
+                "RATELIMIT_LOGIN_PER_ACCOUNT_IP": "3 per minute",
             }
         )
         client = limited.test_client()
