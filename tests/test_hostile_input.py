@@ -405,11 +405,10 @@ def test_hostile_form_fields_are_4xx_naming_the_field(client, world, op):
     valid = {name: str(value).encode() for name, value in _valid_body(op).items()}
     for field in _string_fields(op):
         # a surrogate encoded in UTF-8 arrives as U+FFFD (werkzeug decodes form fields with "replace")
-        for value in (b"a\x00b", b"\xed\xa0\x80", b"\xff", b"9" * 5_000):
+        for value, says in ((b"a\x00b", "NUL"), (b"\xed\xa0\x80", None), (b"\xff", None), (b"9" * 5_000, None)):
             body, content_type = _multipart({**valid, field: value})
-            _assert_problem(
-                client.open(url, method=op["method"], data=body, content_type=content_type, headers=headers), 422, field
-            )
+            response = client.open(url, method=op["method"], data=body, content_type=content_type, headers=headers)
+            _assert_problem(response, 422, field, says)
     for broken in (b"--hostile-boundary\r\nbroken", b"", b"--hostile-boundary--\r\n"):
         response = client.open(
             url,
