@@ -52,6 +52,10 @@ def _parse_int(digits: str) -> int:
         raise InvalidJSON("A number has too many digits.") from None
 
 
+_STRICT = {"parse_constant": _refuse_constant, "parse_int": _parse_int}
+_DECODER = json.JSONDecoder(**_STRICT)  # built once: json.loads builds one per call given options
+
+
 class StrictJSONProvider(DefaultJSONProvider):
     """Flask's JSON provider, reading only RFC 8259 JSON in UTF-8, where every failure
     is an InvalidJSON (a ValueError, so request.get_json() answers 400 or, when silent,
@@ -60,9 +64,9 @@ class StrictJSONProvider(DefaultJSONProvider):
     a 500."""
 
     def loads(self, s: str | bytes, **kwargs):
+        decoder = json.JSONDecoder(**_STRICT, **kwargs) if kwargs else _DECODER
         try:
-            text = s.decode("utf-8") if isinstance(s, bytes | bytearray) else s
-            return json.loads(text, parse_constant=_refuse_constant, parse_int=_parse_int, **kwargs)
+            return decoder.decode(s.decode("utf-8") if isinstance(s, bytes | bytearray) else s)
         except InvalidJSON:
             raise
         except json.JSONDecodeError as error:
