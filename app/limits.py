@@ -16,6 +16,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.api import text_problem
 from app.auth import service as auth_service
 from app.extensions import db
 
@@ -42,7 +43,7 @@ def _login_account() -> str:
 def _resolve_login_account() -> str:
     body = request.get_json(silent=True)
     login = body.get("login") if isinstance(body, dict) else None
-    if not isinstance(login, str):
+    if not isinstance(login, str) or text_problem(login):
         return f"ip:{get_remote_address()}"  # refused by the schema; counted by address
     if 0 < len(login) <= LOGIN_MAX_LENGTH:
         try:
@@ -63,7 +64,10 @@ def _login_account_and_address() -> str:
 
 
 def _not_a_search() -> bool:
-    return "q" not in request.args
+    try:
+        return "q" not in request.args
+    except UnicodeDecodeError:  # not UTF-8: no search runs, the parser answers 400
+        return True
 
 
 def _token_claim(claim: str):

@@ -5,6 +5,7 @@ curl lines are the walk-through script's."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,15 @@ def test_every_repository_path_named_in_backticks_exists(page):
 
 
 def repository_files():
-    for path in ROOT.rglob("*"):
+    """The files git tracks or would track (build output and ignored files are not ours)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],  # noqa: S607
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        path = ROOT / name
         if path.is_file() and not SKIP_DIRS.intersection(path.relative_to(ROOT).parts):
             yield path
 
