@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 from sqlalchemy import text
@@ -218,3 +219,43 @@ def test_deleting_a_user_cascades(client):
     db.session.delete(db.session.get(User, post.author_id))
     db.session.commit()
     assert post_count() == 0
+
+
+def _ids_page_by_page(client, url: str, limit: int, headers=None) -> list[int]:
+    ids, cursor = [], None
+    while True:
+        page = f"{url}{'&' if '?' in url else '?'}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        response = client.get(page, headers=headers or {})
+        assert response.status_code == 200, url
+        ids += [item["id"] for item in response.get_json()["items"]]
+        if not (cursor := response.get_json()["next_cursor"]):
+            return ids
+
+
+def test_an_edited_post_keeps_its_place_in_every_list(client, login):
+    """Lists are newest first by when a post was written: editing the oldest post (its
+    updated_at becomes the newest time of all) moves it nowhere, on the first page or
+    page by page."""
+    reader, author, other = UserFactory(), UserFactory(), UserFactory()
+    for followed in (author, other):
+        FollowFactory(follower_id=reader.id, followed_id=followed.id)
+    oldest = PostFactory(author=author, body="Tuning postgres indexes.")
+    middle = PostFactory(author=other, body="Vacuuming postgres tables.")
+    newest = PostFactory(author=author, body="Replicating postgres.")
+    response = client.patch(f"{POSTS}/{oldest.id}", json={"title": "Edited"}, headers=login(author))
+    assert response.status_code == 200
+    edited = response.get_json()
+    assert datetime.fromisoformat(edited["updated_at"]) > newest.created_at  # the latest change of all
+    everyone, authors = [newest.id, middle.id, oldest.id], [newest.id, oldest.id]
+    reader_headers = login(reader)
+    for url, expected, headers in [
+        (POSTS, everyone, None),
+        (f"{POSTS}?author={author.id}", authors, None),
+        (f"{POSTS}?q=postgres", everyone, None),
+        (f"/api/v1/users/{author.id}/posts", authors, None),
+        ("/api/v1/feed", everyone, reader_headers),
+    ]:
+        for limit in (100, 1):
+            assert _ids_page_by_page(client, url, limit, headers) == expected, (url, limit)
+    listed = client.get("/api/v1/users?include=posts").get_json()["items"]
+    assert [p["id"] for p in next(u for u in listed if u["id"] == author.id)["posts"]] == authors
