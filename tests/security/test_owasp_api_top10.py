@@ -355,7 +355,7 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DEN
 def test_api8_misconfiguration_security_headers_on_every_kind_of_response(app, client, login, monkeypatch):
     """The headers come with every answer: success, no content, each client error (as
     problem+json), a rate limit, the probes and the API document."""
-    monkeypatch.setitem(app.config, "RATELIMIT_LOGIN_PER_NAME", "1 per minute")
+    monkeypatch.setitem(app.config, "RATELIMIT_LOGIN_PER_ACCOUNT_IP", "1 per minute")
     user, other = UserFactory(), UserFactory()
     headers = login(user)
     wrong_login = {"login": "someone", "password": "not the password"}
