@@ -430,7 +430,7 @@ def test_cli_cache_clear_leaves_every_other_key_alone(app, client, redis_client)
         == 204
     )
     assert client.post("/api/v1/auth/login", json={"login": "nobody", "password": "x"}).status_code == 401
-    assert queue.send("worker.tasks.invalidate_cache", [["user:v1:0"]])
+    assert queue.send(queue.INVALIDATE_CACHE, [["user:v1:0"]])
     foreign = f"another-app:{cache.profile_key(post.author_id)}"
     redis_client.set(foreign, "theirs")
 
@@ -448,7 +448,7 @@ def test_cli_cache_clear_leaves_every_other_key_alone(app, client, redis_client)
         revocation.READY,
         revocation.jti_key(claims["jti"]),
         revocation.sid_key(claims["sid"]),
-        "celery",
+        queue.SHORT,  # the broker's list of the queued invalidation
         foreign,
     } <= others
     assert any(key.startswith("LIMITS") for key in others)  # the login's rate-limit counters
