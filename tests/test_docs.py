@@ -169,7 +169,7 @@ def settings_in_docs() -> list[str]:
 
 def test_the_settings_table_names_every_variable_the_code_reads_and_no_other():
     code, documented = settings_in_code(), settings_in_docs()
-    assert {"DATABASE_URL", "REDIS_URL", "WEB_CONCURRENCY", "WORKER_CONCURRENCY", "PYTHON"} <= code
+    assert {"DATABASE_URL", "REDIS_URL", "WEB_CONCURRENCY", "WORKER_SHORT_CONCURRENCY", "PYTHON"} <= code
     assert len(documented) == len(set(documented)), "a variable has two rows"
     assert sorted(code - set(documented)) == [], "read by the code, missing in docs/configuration.md"
     assert sorted(set(documented) - code - TOOL_SETTINGS) == [], "in docs/configuration.md, read by no code"
@@ -179,7 +179,7 @@ def test_the_process_table_is_the_procfile():
     procfile = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     procfile = {name.strip(): command.strip() for name, command in procfile.items()}
     table = dict(re.findall(r"^\| `([a-z_]+)` \| `([^`]+)` \|", (ROOT / "docs" / "operations.md").read_text(), re.M))
-    assert {"release", "web", "worker", "beat"} <= set(procfile)
+    assert {"release", "web", "worker_short", "worker_long", "beat"} <= set(procfile)
     assert table == procfile
 
 
