@@ -24,7 +24,7 @@ _LOGIN_ACCOUNT = "postboard.login_account"  # in the WSGI environ
 LOGIN_MAX_LENGTH = 254  # LoginSchema's bound: a longer login names no account
 LOGIN_CEILING = (
     "Too many login attempts for this account, from all addresses together. Try again after "
-    "the time in Retry-After; a password reset lets the owner back in sooner."
+    "the time in Retry-After; sessions already open keep working."
 )
 
 

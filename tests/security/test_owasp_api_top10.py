@@ -106,9 +106,9 @@ def test_api2_guesses_spread_over_many_addresses_reach_the_per_account_ceiling(c
     refused = login_from(client, "192.0.2.100", "popular", "nope")
     assert refused.status_code == 429
     assert refused.mimetype == "application/problem+json"
-    assert "password reset" in refused.get_json()["detail"]
+    assert "from all addresses together" in refused.get_json()["detail"]
     assert int(refused.headers["Retry-After"]) > 60  # the hour's window, not a minute's
-    # the owner too, from an address of their own: their way back is the reset
+    # the owner too, from an address of their own, until the window ends
     assert login_from(client, "203.0.113.10", "popular", PASSWORD).status_code == 429
 
 
