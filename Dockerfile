@@ -1,10 +1,13 @@
 # syntax=docker/dockerfile:1
 #
 # One image for every process type of the Procfile. The default command is `web`;
-# pass another command for the others (see README.md, "Docker"):
-#   release  flask db upgrade
-#   worker   celery -A worker worker --loglevel=INFO --concurrency=2
-#   beat     celery -A worker beat --loglevel=INFO --schedule=/tmp/celerybeat-schedule
+# pass another command for the others (see docs/operations.md, "Docker"):
+#   release       flask db upgrade
+#   worker_short  celery -A worker worker -Q short --hostname short@%h --loglevel=INFO --concurrency=2
+#   worker_long   celery -A worker worker -Q long --hostname long@%h --loglevel=INFO --concurrency=2
+#   beat          celery -A worker beat --loglevel=INFO --schedule=/tmp/celerybeat-schedule
+# worker_short runs the tasks that take milliseconds (cache invalidation, the revocation
+# mirror), worker_long the jobs and purges (app/queue.py routes each task); run both.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

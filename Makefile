@@ -1,6 +1,8 @@
 # Everyday commands. `make run` and `make test` need only Python 3.11 and make:
 # they build .venv, and start an embedded PostgreSQL and Redis under instance/ unless
-# DATABASE_URL / REDIS_URL point at servers already running.
+# DATABASE_URL / REDIS_URL point at servers already running. The app's profile defaults
+# to production (which refuses to start without real secrets), so each target names its
+# own: development and test make their secrets once, in instance/.
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -18,27 +20,32 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-## run: the whole service (API on http://127.0.0.1:5000, worker, beat) with demo data
+## run: the whole service (API on http://127.0.0.1:5000, both workers, beat) with demo data
+run: export APP_ENV = development
 run: $(BIN)/.installed
 	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/flask seed --demo \
-	  && HOST=127.0.0.1 PORT=$${PORT:-5000} LOG_FORMAT=$${LOG_FORMAT:-text} exec $(BIN)/honcho -f Procfile start web worker beat'
+	  && HOST=127.0.0.1 PORT=$${PORT:-5000} LOG_FORMAT=$${LOG_FORMAT:-text} exec $(BIN)/honcho -f Procfile start web worker_short worker_long beat'
 
 ## test: the whole suite against real PostgreSQL and Redis, with branch coverage
+test: export APP_ENV = test
 test: $(BIN)/.installed
 	$(SERVICES) $(BIN)/python -m pytest --cov --cov-report=term-missing $(PYTEST_ARGS)
 
 ## bench: requests/s and p50/p95/p99 per endpoint under wrk (writes bench/results/)
+bench: export APP_ENV = production
 bench: $(BIN)/.installed
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
 	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(SERVICES) $(BIN)/python bench/run.py
 
 ## profile: where one endpoint's time goes (pyinstrument, in-process); PROFILE_PATH=/api/v1/feed?limit=20
+profile: export APP_ENV = production
 profile: $(BIN)/.installed
 	@$(BIN)/python -c "import pyinstrument" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(SERVICES) $(BIN)/python bench/profile.py
 
 ## bench-import: the import job's lines/s beside a raw COPY of the same rows
+bench-import: export APP_ENV = development
 bench-import: $(BIN)/.installed
 	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/python bench/import_throughput.py $(LINES)'
 

@@ -30,6 +30,15 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 
 def on_starting(server):
+    # refused settings stop the master here, before it forks: one line and exit 1 (else
+    # every worker prints it as it fails to load the app, and then the master stops)
+    from app.config import ConfigError, load, refuse_to_start
+
+    try:
+        load()
+    except ConfigError as error:
+        refuse_to_start(error)
+
     # numbers left by an earlier run must not be added to this one's
     import glob
 

@@ -13,8 +13,7 @@ from flask.sessions import SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import config as config_module
-from app.api import register_id_converter
-from app.errors import UnsupportedMediaType
+from app.api import StrictJSONProvider, register_id_converter
 from app.extensions import ProblemApi, db, hand_out_live_connections, jwt, migrate, note_writes, redis_store
 from app.logs import configure_logging, register_request_logging
 
@@ -23,8 +22,9 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 
 def create_app(config: dict | None = None) -> Flask:
-    app = Flask(__name__, instance_path=os.environ.get("INSTANCE_DIR") or str(_ROOT / "instance"))
+    app = Flask(__name__, instance_path=str(config_module.instance_dir()))
     app.config.update(config_module.load(config))
+    app.json = StrictJSONProvider(app)
     app.json.sort_keys = False
     app.session_interface = NoCookieSessions()
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
@@ -106,7 +106,6 @@ def _migrations_dir() -> Path:
     return beside if beside.is_dir() else Path.cwd() / "migrations"
 
 
-_BODY_METHODS = {"POST", "PUT", "PATCH"}
 # endpoints that take a file upload (multipart), and may be larger than MAX_CONTENT_LENGTH
 _UPLOADS = {"posts.import_posts": "IMPORT_MAX_BYTES"}
 # on every response; a route never sets these itself
@@ -115,10 +114,6 @@ _SECURITY_HEADERS = [
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
 ]
-
-
-def _has_body() -> bool:
-    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
 
 
 def _register_request_hooks(app: Flask) -> None:
@@ -131,16 +126,12 @@ def _register_request_hooks(app: Flask) -> None:
         g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
     @app.before_request
-    def _json_bodies_only():
-        """A body that is not JSON is refused as such, not misread as a missing field."""
-        if request.method not in _BODY_METHODS:
-            return
+    def _upload_size_limit():
+        """Uploads may be larger than other bodies. Only the limit is set here: the media
+        type is checked where the body is read (app/api.py StrictParser), after the
+        view's authentication."""
         if request.endpoint in _UPLOADS:
             request.max_content_length = app.config[_UPLOADS[request.endpoint]]
-            if request.mimetype != "multipart/form-data":
-                raise UnsupportedMediaType("Upload the file as multipart/form-data.")
-        elif _has_body() and not request.is_json:
-            raise UnsupportedMediaType("Send the body as application/json.")
 
     @app.after_request
     def _standard_headers(response):

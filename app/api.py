@@ -1,19 +1,23 @@
-"""HTTP plumbing every blueprint shares: the blueprint class, the problem and page
-schemas, auth documentation and ETag preconditions."""
+"""HTTP plumbing every blueprint shares: the blueprint class, reading request bodies,
+the problem and page schemas, auth documentation and ETag preconditions."""
 
 from __future__ import annotations
 
 import http
+import json
 
 import marshmallow as ma
+from flask import current_app
+from flask.json.provider import DefaultJSONProvider
 from flask_jwt_extended import jwt_required
 from flask_smorest import Blueprint
 from flask_smorest.utils import prepare_response
+from webargs import core
 from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import ETags
 from werkzeug.routing import IntegerConverter
 
-from app.errors import PROBLEM_JSON, PreconditionFailed
+from app.errors import PROBLEM_JSON, BadRequest, PreconditionFailed, UnsupportedMediaType
 from app.pagination import PAGE_MAX
 
 BIGINT_MAX = 2**63 - 1
@@ -33,14 +37,95 @@ def register_id_converter(app, api) -> None:
     api.register_converter(IdConverter, lambda _c: {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX})
 
 
-class StrictParser(FlaskParser):
-    """Let each schema decide on unknown fields (ours raise), in every location.
+class InvalidJSON(ValueError):
+    """A body that is not JSON this API reads; the message says why, for the client."""
 
-    webargs excludes unknown query-string fields by default; a typo in `?limt=` should
-    be a 422 naming the field, not silently ignored.
+
+def _refuse_constant(name: str):
+    raise InvalidJSON(f"{name} is not a JSON value.")
+
+
+def _parse_int(digits: str) -> int:
+    try:
+        return int(digits)
+    except ValueError:  # beyond Python's int digits limit (sys.get_int_max_str_digits)
+        raise InvalidJSON("A number has too many digits.") from None
+
+
+_STRICT = {"parse_constant": _refuse_constant, "parse_int": _parse_int}
+_DECODER = json.JSONDecoder(**_STRICT)  # built once: json.loads builds one per call given options
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider, reading only RFC 8259 JSON in UTF-8, where every failure
+    is an InvalidJSON (a ValueError, so request.get_json() answers 400 or, when silent,
+    None): no NaN or Infinity, and neither nesting deeper than the interpreter's
+    recursion limit (RecursionError) nor an integer beyond its digits limit escape as
+    a 500."""
+
+    def loads(self, s: str | bytes, **kwargs):
+        decoder = json.JSONDecoder(**_STRICT, **kwargs) if kwargs else _DECODER
+        try:
+            return decoder.decode(s.decode("utf-8") if isinstance(s, bytes | bytearray) else s)
+        except InvalidJSON:
+            raise
+        except json.JSONDecodeError as error:
+            raise InvalidJSON(f"{error.msg} at line {error.lineno} column {error.colno}.") from None
+        except UnicodeDecodeError:
+            # strict: this also refuses surrogates encoded in UTF-8 (ED A0 80)
+            raise InvalidJSON("The body is not UTF-8 text.") from None
+        except RecursionError:
+            raise InvalidJSON("The JSON is nested too deeply.") from None
+
+
+def has_body(req) -> bool:
+    return bool(req.content_length) or "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+
+
+class StrictParser(FlaskParser):
+    """webargs' parser, checking a body's media type where the body is read.
+
+    Authentication decorators sit outside `arguments`, so a request without a token is
+    answered 401 before anything here looks at its body. A body in another media type
+    than the operation takes is a 415, one that cannot be parsed a 400.
+
+    Each schema decides on unknown fields (ours raise), in every location: webargs
+    excludes unknown query-string fields by default; a typo in `?limt=` should be a 422
+    naming the field, not silently ignored.
     """
 
     DEFAULT_UNKNOWN_BY_LOCATION = {location: None for location in FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION}
+
+    def load_json(self, req, schema):
+        if not has_body(req):
+            return core.missing
+        if not req.is_json:
+            raise UnsupportedMediaType("Send the body as application/json.")
+        try:
+            return current_app.json.loads(req.get_data(cache=True))
+        except InvalidJSON as error:
+            raise BadRequest(f"The body is not valid JSON: {error}", errors={"_body": [str(error)]}) from None
+
+    def load_querystring(self, req, schema):
+        try:
+            req.args  # noqa: B018  (werkzeug decodes it once, here)
+        except UnicodeDecodeError:
+            # raw bytes beyond ASCII (gunicorn refuses them; other servers pass them on)
+            raise BadRequest("The query string is not UTF-8.") from None
+        return super().load_querystring(req, schema)
+
+    def load_form(self, req, schema):
+        self._require_multipart(req, "Send the form as multipart/form-data.")
+        return super().load_form(req, schema)
+
+    def load_files(self, req, schema):
+        self._require_multipart(req, "Upload the file as multipart/form-data.")
+        return super().load_files(req, schema)
+
+    @staticmethod
+    def _require_multipart(req, detail: str) -> None:
+        if req.mimetype != "multipart/form-data":
+            raise UnsupportedMediaType(detail)
 
 
 class ApiBlueprint(Blueprint):
@@ -54,12 +139,15 @@ class ApiBlueprint(Blueprint):
 
     def route(self, rule, *, parameters=None, **options):
         register = super().route(rule, parameters=parameters, **options)
-        if not self.uses_database:
-            return register
 
         def decorator(func):
-            # any view that touches PostgreSQL may find it down or its pool exhausted
-            return register(self.alt_response(503, response="SERVICE_UNAVAILABLE")(func))
+            # gunicorn answers these itself, before the app (see register_problem_responses)
+            for status in (414, 431):
+                func = self.alt_response(status, response=http.HTTPStatus(status).name)(func)
+            if self.uses_database:
+                # any view that touches PostgreSQL may find it down or its pool exhausted
+                func = self.alt_response(503, response="SERVICE_UNAVAILABLE")(func)
+            return register(func)
 
         return decorator
 
@@ -69,10 +157,11 @@ class ApiBlueprint(Blueprint):
         if isinstance(schema, type):
             schema = schema()
         parse = super().arguments(schema, location=location, **kwargs)
-        if location != "json":
+        if location not in {"json", "form", "files"}:
             return parse
 
         def decorator(func):
+            # what StrictParser and werkzeug answer for a body they cannot take
             for status, name in (
                 (400, "BAD_REQUEST"),
                 (413, "REQUEST_ENTITY_TOO_LARGE"),
@@ -94,23 +183,74 @@ class ApiBlueprint(Blueprint):
         return decorator
 
 
+NUL_MESSAGE = "Must not contain NUL characters."
+SURROGATE_MESSAGE = "Must not contain lone surrogates (\\ud800-\\udfff are not Unicode characters)."
+
+
+def text_problem(text: str) -> str | None:
+    """Why PostgreSQL cannot store this text (and UTF-8 cannot encode it), or None.
+
+    A lone surrogate ("\\ud800" in JSON) is a str to Python but no character: the
+    driver, argon2 and the logs fail to encode it.
+    """
+    if "\x00" in text:
+        return NUL_MESSAGE
+    if not text.isascii():  # CPython knows this without a scan
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return SURROGATE_MESSAGE
+    return None
+
+
+def _printable(key: str) -> str:
+    """A field name as the client wrote it in JSON (\\ud800), fit for the error body."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def text_errors(data) -> dict:
+    """Marshmallow-style errors ({field: {inner: [message]}}) for each string in `data`,
+    value or key at any depth, that text_problem refuses; {} when there is none.
+
+    A loop over a stack, not recursion: a body nested nearly as deep as the JSON parser
+    allows must not raise RecursionError here.
+    """
+    errors: dict = {}
+    stack = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        items = value.items() if hasattr(value, "items") else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and (problem := text_problem(key)):
+                where, message = (*path, _printable(key)), problem
+            elif isinstance(item, str) and (problem := text_problem(item)):
+                where, message = (*path, key), problem
+            else:
+                if isinstance(item, dict | list):
+                    stack.append(((*path, key), item))
+                continue
+            node = errors
+            for step in where[:-1]:
+                node = node.setdefault(step, {})
+            node[where[-1]] = [message]
+    return errors
+
+
 class StrictSchema(ma.Schema):
     """Base of every input schema: unknown fields are an error (no mass assignment), and
-    no string may hold a NUL character (PostgreSQL text cannot store one)."""
+    no string, value or field name at any depth, may hold a NUL character (PostgreSQL
+    text cannot store one) or a lone surrogate (a 422 naming the field, before any
+    field is read)."""
 
     class Meta:
         unknown = ma.RAISE
 
-    @ma.pre_load
-    def _refuse_nul(self, data, **_kwargs):
-        if hasattr(data, "items"):
-            bad = {
-                key: ["Must not contain NUL characters."]
-                for key, value in data.items()
-                if isinstance(value, str) and "\x00" in value
-            }
-            if bad:
-                raise ma.ValidationError(bad)
+    @ma.pre_load(pass_collection=True)
+    def _refuse_unstorable_text(self, data, **_kwargs):
+        if isinstance(data, dict | list) or hasattr(data, "items"):
+            errors = text_errors(data)
+            if errors:
+                raise ma.ValidationError(errors)
         return data
 
 
@@ -158,10 +298,24 @@ def page_of(item_schema: type[ma.Schema]) -> type[ma.Schema]:
     return _page_schemas[name]
 
 
+# statuses gunicorn answers itself, in HTML, before a request reaches the app (its
+# limit_request_line, limit_request_fields and limit_request_field_size settings)
+SERVER_ANSWERS = {
+    414: "The request line (method, path and query string) is longer than gunicorn takes "
+    "(4094 bytes by default). gunicorn answers this itself, as text/html, before the app runs.",
+    431: "A header field is longer than gunicorn takes (8190 bytes by default), or there are "
+    "more than 100 header fields. gunicorn answers this itself, as text/html, before the app runs.",
+}
+
+
 def register_problem_responses(api) -> None:
-    """Document every error status as problem+json (flask-smorest says application/json)."""
+    """Document every error status as problem+json (flask-smorest says application/json),
+    but those gunicorn answers, which are HTML."""
     for status in http.HTTPStatus:
-        if status >= 400:
+        if status in SERVER_ANSWERS:
+            response = {"description": SERVER_ANSWERS[status], "content": {"text/html": {"schema": {"type": "string"}}}}
+            api.spec.components.response(status.name, response, lazy=True)
+        elif status >= 400:
             response = {"description": status.phrase, "schema": ProblemSchema}
             prepare_response(response, api.spec, PROBLEM_JSON)
             api.spec.components.response(status.name, response, lazy=True)

@@ -194,7 +194,7 @@ def invalidate(*keys: str) -> None:
         log.warning("cache invalidation failed (%s); queueing a retry", exc)
         if current_app.config["CACHE_REDIS_URL"] == current_app.config["CELERY_BROKER_URL"]:
             queue.mark_broker_down()  # the same Redis just failed: don't wait on it again
-        if not queue.send("worker.tasks.invalidate_cache", [list(keys)]):
+        if not queue.send(queue.INVALIDATE_CACHE, [list(keys)]):
             log.error("cache invalidation not queued; %s may be stale for at most the TTL", keys)
 
 

@@ -1,21 +1,81 @@
 """Every setting, read from the environment (twelve-factor).
 
-Profiles: `development` (default), `test` and `production`, chosen by APP_ENV.
-Development defaults are safe to run on a laptop; production refuses to start with a
-missing or development secret.
+Profiles: `production` (the default), `development` and `test`, chosen by APP_ENV.
+Production refuses to start on a missing or weak secret and other unsafe settings
+(check_production), so a deploy that forgets APP_ENV fails closed. Development and
+test take SECRET_KEY / JWT_SECRET_KEY from the environment when set, else random ones
+made once per instance folder (local_secrets).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import secrets
+import sys
+import tempfile
 from datetime import timedelta
+from pathlib import Path
+from typing import NoReturn
 
-# development-only default, refused by the production profile
-DEV_SECRET = "dev-only-insecure-secret-change-me-0000000000"  # noqa: S105
+PROFILES = ("production", "development", "test")
+SECRET_NAMES = ("SECRET_KEY", "JWT_SECRET_KEY")
+# where development and test keep their secrets, in the instance folder
+LOCAL_SECRETS_FILE = "dev-secrets.json"
+# the start of a development secret in this repository's history: anyone can sign tokens
+# with it, so no production secret may contain it
+PUBLISHED_SECRET_PREFIX = "dev-only-insecure-secret"  # noqa: S105
+# OWASP's argon2id minimums (memory in KiB, passes), each with one lane; any setting at
+# or above one of the rows is accepted
+OWASP_ARGON2 = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
+MAX_ACCESS_TOKEN_MINUTES = 60
 
 
 class ConfigError(RuntimeError):
     """A setting is missing or unsafe for the chosen profile."""
+
+
+def refuse_to_start(error: ConfigError, code: int = 1) -> NoReturn:
+    """End a process whose settings are refused: one line on stderr, no traceback."""
+    print(f"postboard: refusing to start: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def instance_dir() -> Path:
+    """Flask's instance folder: INSTANCE_DIR, else instance/ beside the package."""
+    return Path(os.environ.get("INSTANCE_DIR") or Path(__file__).resolve().parent.parent / "instance").absolute()
+
+
+def local_secrets(folder: Path) -> dict[str, str]:
+    """SECRET_KEY and JWT_SECRET_KEY for development and test: random, made on first use
+    and kept in `folder` (mode 0600), so every process of one checkout signs alike and
+    two checkouts never share them."""
+    path = folder / LOCAL_SECRETS_FILE
+    try:
+        if not path.exists():
+            _write_local_secrets(path)
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot make or read the development secrets in {path}: {exc}") from exc
+    values = stored if isinstance(stored, dict) else {}
+    if not all(isinstance(values.get(name), str) and values[name] for name in SECRET_NAMES):
+        raise ConfigError(f"{path} does not hold both secrets; delete it to make new ones")
+    return {name: values[name] for name in SECRET_NAMES}
+
+
+def _write_local_secrets(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # written whole under another name (mkstemp makes it 0600), then linked into place:
+    # processes starting together see no file or a complete one, and one link wins
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".dev-secrets-")
+    try:
+        with os.fdopen(fd, "w") as file:
+            json.dump({name: secrets.token_urlsafe(48) for name in SECRET_NAMES}, file)
+        with contextlib.suppress(FileExistsError):  # another process made them first: theirs are read
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
 
 
 def _int(name: str, default: int) -> int:
@@ -90,16 +150,16 @@ def engine_options(behind_pgbouncer: bool) -> dict:
 
 def load(overrides: dict | None = None) -> dict:
     """Build the Flask config for APP_ENV, then apply `overrides` (used by tests)."""
-    env = (overrides or {}).get("APP_ENV") or os.environ.get("APP_ENV", "development")
-    if env not in {"development", "test", "production"}:
-        raise ConfigError(f"APP_ENV must be development, test or production, got {env!r}")
+    env = (overrides or {}).get("APP_ENV") or os.environ.get("APP_ENV") or "production"
+    if env not in PROFILES:
+        raise ConfigError(f"APP_ENV must be production, development or test, got {env!r}")
     # settings derived from REDIS_URL follow an overridden one too
     redis_url = (overrides or {}).get("REDIS_URL") or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     behind_pgbouncer = _bool("DB_PGBOUNCER", False)
     cfg = {
         "APP_ENV": env,
         "TESTING": env == "test",
-        "SECRET_KEY": os.environ.get("SECRET_KEY", DEV_SECRET),
+        "SECRET_KEY": os.environ.get("SECRET_KEY", ""),
         "SQLALCHEMY_DATABASE_URI": database_url(
             os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postboard")
         ),
@@ -153,7 +213,6 @@ def load(overrides: dict | None = None) -> dict:
         "RATELIMIT_HEADERS_ENABLED": True,
         "RATELIMIT_KEY_PREFIX": "ratelimit",
         "RATELIMIT_LOGIN_PER_IP": os.environ.get("RATELIMIT_LOGIN_PER_IP", "30 per minute"),
-        "RATELIMIT_LOGIN_PER_NAME": os.environ.get("RATELIMIT_LOGIN_PER_NAME", "5 per minute"),
         "RATELIMIT_REGISTER_PER_IP": os.environ.get("RATELIMIT_REGISTER_PER_IP", "10 per hour"),
         "RATELIMIT_REFRESH_PER_SESSION": os.environ.get("RATELIMIT_REFRESH_PER_SESSION", "10 per minute"),
         "RATELIMIT_PASSWORD_PER_USER": os.environ.get("RATELIMIT_PASSWORD_PER_USER", "5 per minute"),
@@ -163,7 +222,7 @@ def load(overrides: dict | None = None) -> dict:
         # result backend that is down would stall every task a request queues
         "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND") or None,
         # JWT: algorithm pinned, header only, short access tokens
-        "JWT_SECRET_KEY": os.environ.get("JWT_SECRET_KEY", DEV_SECRET),
+        "JWT_SECRET_KEY": os.environ.get("JWT_SECRET_KEY", ""),
         "JWT_ALGORITHM": "HS256",
         "JWT_DECODE_ALGORITHMS": ["HS256"],
         "JWT_TOKEN_LOCATION": ["headers"],
@@ -171,10 +230,11 @@ def load(overrides: dict | None = None) -> dict:
         # a shorter token is also faster to check (PyJWT validates it character by character)
         "JWT_COOKIE_CSRF_PROTECT": False,
         "JWT_ENCODE_NBF": False,
+        # production refuses more than MAX_ACCESS_TOKEN_MINUTES
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int("JWT_ACCESS_TOKEN_MINUTES", 15)),
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int("JWT_REFRESH_TOKEN_DAYS", 30)),
         "JWT_ERROR_MESSAGE_KEY": "detail",
-        # argon2id cost; OWASP's minimum is m=19 MiB, t=2, p=1
+        # argon2id cost; production refuses less than OWASP's minimum (OWASP_ARGON2)
         "ARGON2_TIME_COST": _int("ARGON2_TIME_COST", 3),
         "ARGON2_MEMORY_COST": _int("ARGON2_MEMORY_COST", 65536),
         "ARGON2_PARALLELISM": _int("ARGON2_PARALLELISM", 2),
@@ -182,6 +242,15 @@ def load(overrides: dict | None = None) -> dict:
         "PAGE_DEFAULT_LIMIT": 20,
         "PAGE_MAX_LIMIT": 100,
         "RETRY_AFTER_SECONDS": _int("RETRY_AFTER_SECONDS", 5),
+        # login limits: tight per account (a username and its email are one) and client
+        # address, so guessing from one address does not lock the owner out elsewhere; a
+        # looser ceiling per account from every address together against spread guessing
+        "RATELIMIT_LOGIN_PER_ACCOUNT_IP": os.environ.get("RATELIMIT_LOGIN_PER_ACCOUNT_IP", "5 per minute"),
+        "RATELIMIT_LOGIN_PER_ACCOUNT": os.environ.get("RATELIMIT_LOGIN_PER_ACCOUNT", "50 per hour"),
+        # full-text search (GET /posts?q=): the longest one may run (then 503), and a
+        # limit per client address on requests with `q` (the plain list is not limited)
+        "SEARCH_STATEMENT_TIMEOUT_MS": _int("SEARCH_STATEMENT_TIMEOUT_MS", 2000),
+        "RATELIMIT_SEARCH_PER_IP": os.environ.get("RATELIMIT_SEARCH_PER_IP", "60 per minute"),
         "JSON_SORT_KEYS": False,
         # flask-smorest / OpenAPI
         "API_TITLE": "Postboard API",
@@ -198,16 +267,38 @@ def load(overrides: dict | None = None) -> dict:
     cfg.update(overrides or {})
     if env == "production":
         check_production(cfg)
+    elif not all(cfg[name] for name in SECRET_NAMES):
+        made = local_secrets(instance_dir())
+        cfg.update({name: cfg[name] or made[name] for name in SECRET_NAMES})
     return cfg
 
 
 def check_production(cfg: dict) -> None:
-    """Refuse to run production on development or weak secrets."""
-    for key in ("SECRET_KEY", "JWT_SECRET_KEY"):
-        value = cfg.get(key) or ""
-        if value == DEV_SECRET or len(value) < 32:
-            raise ConfigError(f"{key} must be set to a random value of at least 32 characters in production")
-    if cfg["SECRET_KEY"] == cfg["JWT_SECRET_KEY"]:
-        raise ConfigError("SECRET_KEY and JWT_SECRET_KEY must differ in production")
-    if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
-        raise ConfigError("DATABASE_URL and REDIS_URL must be set in production")
+    """Refuse to run production on weak secrets or other unsafe settings, naming them all."""
+    problems = [problem for name in SECRET_NAMES for problem in _secret_problems(name, cfg.get(name) or "")]
+    if cfg.get("SECRET_KEY") and cfg["SECRET_KEY"] == cfg.get("JWT_SECRET_KEY"):
+        problems.append("SECRET_KEY and JWT_SECRET_KEY must differ")
+    if "*" in cfg["CORS_ORIGINS"]:
+        problems.append("CORS_ORIGINS must name the allowed origins, not *")
+    lifetime, longest = cfg["JWT_ACCESS_TOKEN_EXPIRES"], timedelta(minutes=MAX_ACCESS_TOKEN_MINUTES)
+    if not (isinstance(lifetime, timedelta) and timedelta(0) < lifetime <= longest):
+        problems.append(f"JWT_ACCESS_TOKEN_MINUTES must be between 1 and {MAX_ACCESS_TOKEN_MINUTES}")
+    memory, passes, lanes = cfg["ARGON2_MEMORY_COST"], cfg["ARGON2_TIME_COST"], cfg["ARGON2_PARALLELISM"]
+    if lanes < 1 or not any(memory >= m and passes >= t for m, t in OWASP_ARGON2):
+        problems.append(
+            f"ARGON2_MEMORY_COST={memory} ARGON2_TIME_COST={passes} ARGON2_PARALLELISM={lanes} is below"
+            " OWASP's minimum (19456 KiB, 2 passes, 1 lane, or an equivalent row)"
+        )
+    problems += [f"{name} must be set" for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
+    if problems:
+        raise ConfigError("; ".join(problems) + " (APP_ENV=production, the default profile)")
+
+
+def _secret_problems(name: str, value: str) -> list[str]:
+    if not value:
+        return [f"{name} must be set"]
+    if PUBLISHED_SECRET_PREFIX in value:
+        return [f"{name} contains the development secret published in this repository"]
+    if len(value) < 32 or len(set(value)) < 10:
+        return [f"{name} must be a random value of at least 32 characters, 10 of them different"]
+    return []

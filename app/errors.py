@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+QUERY_CANCELED = "57014"  # SQLSTATE of a statement stopped by statement_timeout
 
 
 class APIError(Exception):
@@ -156,6 +157,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database_down(error):
+        if getattr(error.orig, "sqlstate", None) == QUERY_CANCELED:
+            log.warning("statement stopped by its timeout: %s", error)
+            return _unavailable("The request took too long in the database and was stopped. Retry later.")
         log.warning("database unavailable: %s", error)
         return _unavailable("The database is unavailable. Retry shortly.")
 

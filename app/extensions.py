@@ -19,7 +19,7 @@ from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
 from psycopg.pq import TransactionStatus
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
 
@@ -89,6 +89,30 @@ class ReadsWithoutTransaction(FlaskSQLAlchemySession):
         if connection.closed or connection.info.get(WROTE, True):
             return False
         return connection.connection.dbapi_connection.info.transaction_status == INTRANS
+
+
+@contextlib.contextmanager
+def statement_timeout(milliseconds: int):
+    """Stop each statement in this block after `milliseconds` (QueryCanceled, SQLSTATE
+    57014), on the session's connection.
+
+    SET LOCAL lasts one transaction, and a GET request's session has none (autocommit):
+    the block is a short transaction of its own, which PgBouncer in transaction mode
+    keeps on one server connection. Inside a transaction already (a test's), it is a
+    savepoint, and the transaction's own timeout is set back after it.
+    """
+    connection = db.session.connection()
+    raw = connection.connection.dbapi_connection
+    nested = raw.info.transaction_status != TransactionStatus.IDLE
+    with raw.transaction():
+        connection.execute(_SET_TIMEOUT, {"value": f"{milliseconds}ms"})
+        yield
+        if nested:  # a released savepoint keeps its SET LOCAL
+            connection.execute(_DEFAULT_TIMEOUT)
+
+
+_SET_TIMEOUT = text("SELECT set_config('statement_timeout', :value, true)")
+_DEFAULT_TIMEOUT = text("SET LOCAL statement_timeout TO DEFAULT")
 
 
 @functools.cache

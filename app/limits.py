@@ -8,16 +8,66 @@ the Limiter is per app, and so is its storage.
 
 from __future__ import annotations
 
+import hashlib
+
 from flask import Flask, current_app, request
 from flask_jwt_extended import decode_token
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.api import text_problem
+from app.auth import service as auth_service
+from app.extensions import db
+
+_LOGIN_ACCOUNT = "postboard.login_account"  # in the WSGI environ
+LOGIN_MAX_LENGTH = 254  # LoginSchema's bound: a longer login names no account
+LOGIN_CEILING = (
+    "Too many login attempts for this account, from all addresses together. Try again after "
+    "the time in Retry-After; sessions already open keep working."
+)
 
 
-def _login_name() -> str:
+def _login_account() -> str:
+    """The account a login attempt is against: `user:<id>` when the login is a user's
+    username or email (the two are one account), else a digest of the login. Either
+    way the limits, statuses and headers are the same: they do not tell whether the
+    account exists. Resolved once per request (kept on the request: `g` lives as long
+    as the app context, which may span several requests)."""
+    account = request.environ.get(_LOGIN_ACCOUNT)
+    if account is None:
+        account = request.environ[_LOGIN_ACCOUNT] = _resolve_login_account()
+    return account
+
+
+def _resolve_login_account() -> str:
     body = request.get_json(silent=True)
-    name = body.get("login") if isinstance(body, dict) else None
-    return f"name:{name.strip().lower()}" if isinstance(name, str) else f"ip:{get_remote_address()}"
+    login = body.get("login") if isinstance(body, dict) else None
+    if not isinstance(login, str) or text_problem(login):
+        return f"ip:{get_remote_address()}"  # refused by the schema; counted by address
+    if 0 < len(login) <= LOGIN_MAX_LENGTH:
+        try:
+            user_id = auth_service.account_id(login)
+        except SQLAlchemyError:  # the login itself then answers 503
+            db.session.rollback()
+            user_id = None
+        if user_id is not None:
+            return f"user:{user_id}"
+    # a digest: bounded keys, and no login names kept in Redis
+    return "login:" + hashlib.sha256(login.lower().encode()).hexdigest()
+
+
+def _login_account_and_address() -> str:
+    """The tight login limit counts per account and client address: guesses from one
+    address do not lock the owner out everywhere."""
+    return f"{_login_account()}|ip:{get_remote_address()}"
+
+
+def _not_a_search() -> bool:
+    try:
+        return "q" not in request.args
+    except UnicodeDecodeError:  # not UTF-8: no search runs, the parser answers 400
+        return True
 
 
 def _token_claim(claim: str):
@@ -38,9 +88,12 @@ def _setting(name: str):
     return lambda: current_app.config[name]
 
 
+# (endpoint, setting, key, scope[, options for Limiter.limit])
 RULES = [
     ("auth.login", "RATELIMIT_LOGIN_PER_IP", get_remote_address, "login-ip"),
-    ("auth.login", "RATELIMIT_LOGIN_PER_NAME", _login_name, "login-name"),
+    ("auth.login", "RATELIMIT_LOGIN_PER_ACCOUNT_IP", _login_account_and_address, "login-account-ip"),
+    ("auth.login", "RATELIMIT_LOGIN_PER_ACCOUNT", _login_account, "login-account", {"error_message": LOGIN_CEILING}),
+    ("posts.list_posts", "RATELIMIT_SEARCH_PER_IP", get_remote_address, "search-ip", {"exempt_when": _not_a_search}),
     ("auth.register", "RATELIMIT_REGISTER_PER_IP", get_remote_address, "register-ip"),
     ("auth.refresh", "RATELIMIT_REFRESH_PER_SESSION", _token_claim("sid"), "refresh-session"),
     ("auth.change_password", "RATELIMIT_PASSWORD_PER_USER", _token_claim("sub"), "password-user"),
@@ -60,7 +113,7 @@ def init_limits(app: Flask) -> Limiter:
     app.before_request_funcs[None] = [
         hook for hook in app.before_request_funcs.get(None, []) if hook != limiter._check_request_limit
     ]
-    for endpoint, setting, key, scope in RULES:
-        limited = limiter.limit(_setting(setting), key_func=key, scope=scope)
+    for endpoint, setting, key, scope, *options in RULES:
+        limited = limiter.limit(_setting(setting), key_func=key, scope=scope, **(options[0] if options else {}))
         app.view_functions[endpoint] = limited(app.view_functions[endpoint])
     return limiter

@@ -8,6 +8,7 @@ the HTTP request to the tasks it caused.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from contextvars import ContextVar
@@ -32,6 +33,35 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# C0 and C1 controls, DEL, the Unicode line and paragraph separators, and lone surrogates
+# (which UTF-8 cannot encode: the stream would drop the whole record)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# a traceback keeps its line breaks
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match) -> str:
+    char = match.group()
+    return _NAMED.get(char) or char.encode("unicode_escape").decode("ascii")
+
+
+class EscapingFormatter(logging.Formatter):
+    """Text logs, one line per record whatever a client put in a path or a field: control
+    characters in the message and its fields are escaped (a `%0a` in a path must not
+    forge a second line). A traceback keeps its line breaks, so it stays readable."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return line if line.isprintable() else _CONTROL.sub(_escaped, line)
+
+    def formatException(self, ei) -> str:
+        return _CONTROL_BUT_NEWLINE.sub(_escaped, super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _CONTROL_BUT_NEWLINE.sub(_escaped, super().formatStack(stack_info))
+
+
 def configure_logging(level: str, fmt: str) -> None:
     """Send every log record to stdout, as JSON (LOG_FORMAT=json) or as text."""
     handler = logging.StreamHandler(sys.stdout)
@@ -43,7 +73,7 @@ def configure_logging(level: str, fmt: str) -> None:
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+        handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

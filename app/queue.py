@@ -3,6 +3,11 @@
 Celery's Redis transport retries a refused connection for about two seconds per task.
 After one failure this process stops trying for BROKER_DOWN_SECONDS: callers have their
 fallbacks (the cache TTL, the job reaper, the revocation check's PostgreSQL path).
+
+Every task's name is here, once, with the queue it goes to: web processes send tasks by
+name without importing the worker, and worker/tasks.py registers them under these names.
+Short tasks take milliseconds whatever the data; long ones grow with it. Each queue has
+its own worker process (Procfile), so a short task never waits behind a long one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,35 @@ import time
 from flask import current_app
 
 log = logging.getLogger(__name__)
+
+SHORT = "short"  # cache invalidation, the revocation mirror, queueing jobs
+LONG = "long"  # jobs (import, export, recount) and purges
+QUEUES = (SHORT, LONG)
+
+REBUILD_REVOCATION_MIRROR = "worker.tasks.rebuild_revocation_mirror"
+SYNC_REVOCATION_MIRROR = "worker.tasks.sync_revocation_mirror"
+PURGE_EXPIRED_REVOCATIONS = "worker.tasks.purge_expired_revocations"
+INVALIDATE_CACHE = "worker.tasks.invalidate_cache"
+INVALIDATE_AUTHOR_POSTS = "worker.tasks.invalidate_author_posts"
+RUN_JOB = "worker.tasks.run_job"
+REQUEUE_STALE_JOBS = "worker.tasks.requeue_stale_jobs"
+NIGHTLY_RECOUNT = "worker.tasks.nightly_recount"
+PURGE_EXPIRED_RESULTS = "worker.tasks.purge_expired_results"
+PURGE_FAILED_UPLOADS = "worker.tasks.purge_failed_uploads"
+
+# Celery's task_routes; a task missing here goes to task_default_queue (LONG)
+ROUTES = {
+    REBUILD_REVOCATION_MIRROR: {"queue": SHORT},
+    SYNC_REVOCATION_MIRROR: {"queue": SHORT},
+    INVALIDATE_CACHE: {"queue": SHORT},
+    INVALIDATE_AUTHOR_POSTS: {"queue": SHORT},
+    REQUEUE_STALE_JOBS: {"queue": SHORT},  # it only queues the jobs again
+    NIGHTLY_RECOUNT: {"queue": SHORT},  # it only records the job; the recount runs on LONG
+    RUN_JOB: {"queue": LONG},
+    PURGE_EXPIRED_REVOCATIONS: {"queue": LONG},
+    PURGE_EXPIRED_RESULTS: {"queue": LONG},
+    PURGE_FAILED_UPLOADS: {"queue": LONG},
+}
 
 BROKER_DOWN_SECONDS = 10
 _broker = {"down_until": 0.0}

@@ -2,7 +2,8 @@
 rows, on the same server. Run with `make bench-import` (N defaults to 100,000).
 
 It writes into the database in DATABASE_URL (the embedded one under `make`), as a fresh
-throwaway user, and removes that user and its posts afterwards.
+throwaway user, and removes that user and its posts afterwards. It runs the development
+profile (secrets from SECRET_KEY / JWT_SECRET_KEY or instance/): it signs no token.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from app.posts import imports
 
 
 def main(lines: int) -> None:
-    app = create_app()
+    app = create_app({"APP_ENV": "development"})
     with app.app_context():
         name = f"bench_{uuid.uuid4().hex[:8]}"
         # "!" is no argon2 hash: nobody can log in as this user

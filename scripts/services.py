@@ -8,6 +8,9 @@ DATABASE_URL / REDIS_URL are set, those servers are used and nothing is started.
                                                URLs in its environment, then stop only
                                                what this call started
     python scripts/services.py up | down | env
+                                               up and env print the URLs as `export`
+                                               lines (and APP_ENV=development unless
+                                               APP_ENV is set), for a shell to eval
 """
 
 from __future__ import annotations
@@ -216,6 +219,10 @@ def main() -> int:
         return run(command)
     if args.action in ("up", "env"):
         env, _ = up()
+        # the app's default profile is production; a shell pointed at these servers is a
+        # developer's (`make run` and `make test` name their own profile)
+        if not os.environ.get("APP_ENV"):
+            env["APP_ENV"] = "development"
         for key, value in env.items():
             print(f"export {key}='{value}'")
         return 0

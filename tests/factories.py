@@ -7,6 +7,9 @@ test's data with it (the test and its requests share one app context, so one ses
 
 from __future__ import annotations
 
+import itertools
+from datetime import UTC, datetime, timedelta
+
 import factory
 from argon2 import PasswordHasher
 
@@ -28,6 +31,17 @@ PUBLIC_PROFILE_FIELDS = {
 }
 # hashed once, with the test profile's cheap argon2 parameters
 PASSWORD_HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
+
+# Each row a factory writes gets its own time, a millisecond after the last one's: left to
+# the column default, every row of a test would share its transaction's now(), and lists
+# ordered by time would be ordered by id alone. The times lie in the past, so a row a
+# request writes (now()) is newer than any factory row.
+_EPOCH = datetime.now(UTC) - timedelta(days=1)
+_ticks = itertools.count(1)
+
+
+def next_timestamp() -> datetime:
+    return _EPOCH + timedelta(milliseconds=next(_ticks))
 
 
 class _Base(factory.Factory):
@@ -59,6 +73,8 @@ class UserFactory(_Base):
     bio = "Hello."
     role = Role.USER.value
     is_active = True
+    created_at = factory.LazyFunction(next_timestamp)
+    updated_at = factory.SelfAttribute("created_at")
 
 
 class AdminFactory(UserFactory):
@@ -72,6 +88,8 @@ class PostFactory(_Base):
     author = factory.SubFactory(UserFactory)
     title = factory.Sequence(lambda n: f"Post number {n}")
     body = "Some text about postgres and redis."
+    created_at = factory.LazyFunction(next_timestamp)
+    updated_at = factory.SelfAttribute("created_at")
 
     @classmethod
     def _count(cls, post) -> None:
@@ -84,6 +102,7 @@ class FollowFactory(_Base):
 
     follower_id = factory.LazyFunction(lambda: UserFactory().id)
     followed_id = factory.LazyFunction(lambda: UserFactory().id)
+    created_at = factory.LazyFunction(next_timestamp)
 
     @classmethod
     def _count(cls, follow) -> None:

@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from app.queue import QUEUES
 
 
 def service_env(app, test_db_url, **extra) -> dict:
@@ -47,9 +50,18 @@ class Process:
 
 
 class Worker(Process):
-    """`celery -A worker worker`."""
+    """`celery -A worker worker -Q <queues>`: both queues unless told which."""
 
-    def __init__(self, env: dict, log_path: Path, *, name: str = "w1", pool: str = "solo", beat: bool = False):
+    def __init__(
+        self,
+        env: dict,
+        log_path: Path,
+        *,
+        name: str = "w1",
+        pool: str = "solo",
+        beat: bool = False,
+        queues: Sequence[str] = QUEUES,
+    ):
         self.log_path = log_path
         self._log = log_path.open("a")
         args = [
@@ -61,6 +73,7 @@ class Worker(Process):
             "worker",
             f"--pool={pool}",
             "--concurrency=1",
+            f"--queues={','.join(queues)}",
             "--loglevel=INFO",
             "--without-gossip",
             "--without-mingle",

@@ -45,7 +45,9 @@ def test_admin_promotes_and_deactivates_and_sessions_end(client, login):
         client.post("/api/v1/auth/refresh", headers={"Authorization": f"Bearer {tokens['refresh_token']}"}).status_code
         == 401
     )
-    assert all(s.revoked_at is not None for s in db.session.query(AuthSession).filter_by(user_id=target.id))
+    db.session.expire_all()
+    sessions = db.session.query(AuthSession).filter_by(user_id=target.id).all()
+    assert [s.revoked_at is not None for s in sessions] == [True]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from datetime import UTC, timedelta
 
 import jwt as pyjwt
@@ -119,6 +120,75 @@ def test_login_failure_is_401_and_does_not_say_which_part_was_wrong(client, body
     assert response.get_json()["detail"] == "Wrong login or password."
 
 
+@pytest.fixture
+def argon2_runs(monkeypatch):
+    """The cost (time, memory, parallelism) of each argon2 hash or verify this process
+    runs, recorded at argon2-cffi's binding to the C library, whichever call led there."""
+    from argon2 import extract_parameters, low_level
+
+    runs = []
+    real = low_level.lib
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def argon2_hash(self, time_cost, memory_cost, parallelism, *args):
+            runs.append((time_cost, memory_cost, parallelism))
+            return real.argon2_hash(time_cost, memory_cost, parallelism, *args)
+
+        def argon2_verify(self, encoded, *args):
+            params = extract_parameters(low_level.ffi.string(encoded).decode())
+            runs.append((params.time_cost, params.memory_cost, params.parallelism))
+            return real.argon2_verify(encoded, *args)
+
+    monkeypatch.setattr(low_level, "lib", Recording())
+    return runs
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"login": "carol", "password": "wrong password!"},
+        {"login": "nobody", "password": "wrong password!"},
+        {"login": "nobody@example.com", "password": PASSWORD},
+    ],
+)
+def test_a_failed_login_costs_one_hash_whether_or_not_the_login_exists(client, app, argon2_runs, body):
+    """An unknown login runs the same argon2 work as a wrong password (one computation
+    at the configured cost), so the time of the answer does not tell which names exist."""
+    UserFactory(username="carol")  # its hash has the test profile's cost, as configured
+    configured = tuple(app.config[f"ARGON2_{name}"] for name in ("TIME_COST", "MEMORY_COST", "PARALLELISM"))
+    assert client.post(LOGIN, json=body).status_code == 401
+    assert argon2_runs == [configured]
+
+
+PASSWORD_MIN, PASSWORD_MAX = 10, 128
+
+
+@pytest.mark.parametrize(
+    ("length", "accepted"),
+    [(PASSWORD_MIN - 1, False), (PASSWORD_MIN, True), (PASSWORD_MAX, True), (PASSWORD_MAX + 1, False)],
+)
+def test_password_length_limits_hold_exactly_on_register_and_on_change(client, login, length, accepted):
+    password = ("kq7-vz" * 30)[:length]  # on no list of common passwords
+    registered = client.post(REGISTER, json={"username": "limits", "email": "l@example.com", "password": password})
+    user = UserFactory()
+    changed = client.post(
+        "/api/v1/auth/password", json={"current_password": PASSWORD, "new_password": password}, headers=login(user)
+    )
+    if accepted:
+        assert (registered.status_code, changed.status_code) == (201, 204)
+        for name in ("limits", user.username):
+            assert client.post(LOGIN, json={"login": name, "password": password}).status_code == 200
+    else:
+        assert (registered.status_code, changed.status_code) == (422, 422)
+        assert list(registered.get_json()["errors"]) == ["password"]
+        assert list(changed.get_json()["errors"]) == ["new_password"]
+        assert user_count() == 1  # only the factory's
+        assert client.post(LOGIN, json={"login": user.username, "password": PASSWORD}).status_code == 200
+
+
 def test_inactive_user_cannot_log_in_and_their_tokens_stop_working(client, login):
     user = UserFactory(username="dave")
     headers = login(user)
@@ -162,6 +232,7 @@ def _forged(app, payload: dict, alg: str, key: str) -> str:
 
 
 def _claims(user_id: int, **extra) -> dict:
+    """Every claim issue_tokens gives an access token: a refusal is for the case's reason."""
     from datetime import datetime
 
     now = datetime.now(UTC)
@@ -169,6 +240,8 @@ def _claims(user_id: int, **extra) -> dict:
         "sub": str(user_id),
         "type": "access",
         "jti": "x",
+        "role": "user",
+        "sid": str(uuid.uuid4()),
         "iat": now,
         "nbf": now,
         "exp": now + timedelta(minutes=5),
@@ -177,17 +250,19 @@ def _claims(user_id: int, **extra) -> dict:
     }
 
 
+def _issued_shape(**extra) -> dict:
+    """The claims issue_tokens adds to those of create_access_token."""
+    return {"additional_claims": {"role": "user", "sid": str(uuid.uuid4())}, **extra}
+
+
 def test_bad_tokens_are_all_401_problems(client, app):
     user = UserFactory()
     secret = app.config["JWT_SECRET_KEY"]
     header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode()).rstrip(b"=").decode()
-    payload = (
-        base64.urlsafe_b64encode(json.dumps({"sub": str(user.id), "type": "access", "exp": 4102444800}).encode())
-        .rstrip(b"=")
-        .decode()
-    )
+    unsigned = {**_claims(user.id), "iat": 1700000000, "nbf": 1700000000, "exp": 4102444800}
+    payload = base64.urlsafe_b64encode(json.dumps(unsigned).encode()).rstrip(b"=").decode()
     with app.app_context():
-        expired = create_access_token(identity=str(user.id), expires_delta=timedelta(seconds=-1))
+        expired = create_access_token(identity=str(user.id), **_issued_shape(expires_delta=timedelta(seconds=-1)))
     tokens = {
         "wrong signature": _forged(app, _claims(user.id), "HS256", "another-secret-key-of-enough-length!"),
         "alg none": f"{header}.{payload}.",
@@ -224,9 +299,11 @@ def test_a_verified_token_is_remembered_until_it_expires(client, app, monkeypatc
     tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     assert client.get(ME, headers={"Authorization": f"Bearer {tampered}"}).status_code == 401
     with app.app_context():
-        short = create_access_token(identity=str(user.id), expires_delta=timedelta(seconds=1))
+        # `exp` is in whole seconds, cut down: two seconds from now leave it at least one
+        short = create_access_token(identity=str(user.id), **_issued_shape(expires_delta=timedelta(seconds=2)))
+    expires = pyjwt.decode(short, options={"verify_signature": False})["exp"]
     assert client.get(ME, headers={"Authorization": f"Bearer {short}"}).status_code == 200
-    time.sleep(1.1)
+    time.sleep(max(0.0, expires - time.time()) + 0.05)  # until the token's own exp has passed
     response = client.get(ME, headers={"Authorization": f"Bearer {short}"})
     assert response.status_code == 401
     assert "expired" in response.get_json()["detail"]

@@ -410,4 +410,53 @@ def test_cli_cache_stats_and_clear(app, client):
     assert "hit rate 50.0%" in runner.invoke(args=["cache", "stats"]).output
     assert "1 cached entries removed" in runner.invoke(args=["cache", "clear"]).output
     assert cache.stats()["hits"] == 0
-    open_session(user)  # the clear leaves non-cache keys alone
+
+
+def test_cli_cache_clear_leaves_every_other_key_alone(app, client, redis_client):
+    """The cache may share its Redis with the rate limits, the revocation mirror, the
+    Celery broker and other programs: `flask cache clear` drops the cache's keys only."""
+    from flask_jwt_extended import decode_token
+
+    from app import queue
+    from app.auth import revocation
+
+    post = PostFactory()
+    revocation.rebuild_mirror()
+    for path in (f"{USERS}/{post.author_id}", f"{POSTS}/{post.id}", POSTS, USERS):
+        assert client.get(path).status_code == 200
+    tokens = open_session(UserFactory())
+    assert (
+        client.post("/api/v1/auth/logout", headers={"Authorization": f"Bearer {tokens['access_token']}"}).status_code
+        == 204
+    )
+    assert client.post("/api/v1/auth/login", json={"login": "nobody", "password": "x"}).status_code == 401
+    assert queue.send(queue.INVALIDATE_CACHE, [["user:v1:0"]])
+    foreign = f"another-app:{cache.profile_key(post.author_id)}"
+    redis_client.set(foreign, "theirs")
+
+    keys = {key.decode() for key in redis_client.keys("*")}
+    cached = {key for key in keys if key.startswith(cache.PREFIXES)}
+    assert {
+        cache.profile_key(post.author_id),
+        cache.post_key(post.id),
+        cache.newest_posts_key(),
+        cache.users_key(),
+    } <= cached
+    others = keys - cached - {cache.HITS, cache.MISSES}
+    claims = decode_token(tokens["access_token"])
+    assert {
+        revocation.READY,
+        revocation.jti_key(claims["jti"]),
+        revocation.sid_key(claims["sid"]),
+        queue.SHORT,  # the broker's list of the queued invalidation
+        foreign,
+    } <= others
+    assert any(key.startswith("LIMITS") for key in others)  # the login's rate-limit counters
+    before = {key: redis_client.dump(key) for key in others}
+
+    result = app.test_cli_runner().invoke(args=["cache", "clear"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(cached)} cached entries removed" in result.output
+    left = {key.decode() for key in redis_client.keys("*")}
+    assert left == others
+    assert {key: redis_client.dump(key) for key in left} == before

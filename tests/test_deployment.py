@@ -95,12 +95,13 @@ def test_the_procfile_processes_run_end_to_end(app, committed, test_db_url, tmp_
         PORT=str(port),
         HOST="127.0.0.1",
         WEB_CONCURRENCY="2",
-        WORKER_CONCURRENCY="1",
+        WORKER_SHORT_CONCURRENCY="1",
+        WORKER_LONG_CONCURRENCY="1",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     )
     log = (tmp_path / "honcho.log").open("w")
     honcho = subprocess.Popen(
-        [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start", "web", "worker"],
+        [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start", "web", "worker_short", "worker_long"],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -110,7 +111,7 @@ def test_the_procfile_processes_run_end_to_end(app, committed, test_db_url, tmp_
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while not (tmp_path / "honcho.log").read_text().count(" ready."):
+        while (tmp_path / "honcho.log").read_text().count(" ready.") < 2:  # both workers
             assert time.monotonic() < deadline and honcho.poll() is None, (tmp_path / "honcho.log").read_text()
             time.sleep(0.2)
         headers = register_and_log_in(base, "procfile")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from app import queue
 from app.extensions import db
 from app.jobs import service as jobs
 from app.models import Job, JobKind, Post, User
@@ -212,7 +213,7 @@ def test_reaper_requeues_lost_and_abandoned_jobs(redis_client):
     )
     db.session.commit()
     assert jobs.requeue_stale() == 2
-    queued = {json.loads(m)["headers"]["argsrepr"] for m in redis_client.lrange("celery", 0, -1)}
+    queued = {json.loads(m)["headers"]["argsrepr"] for m in redis_client.lrange(queue.LONG, 0, -1)}
     assert queued == {repr([str(lost.id)]), repr([str(abandoned.id)])}
     assert jobs.requeue_stale() == 1  # the lost one was just queued again; the abandoned one is still stale
     assert str(fresh.id) not in str(queued)

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import event, text
 from werkzeug.serving import make_server
 
-from app import create_app
+from app import create_app, queue
 from app.extensions import db
 from app.logs import configure_logging
 from tests.conftest import open_session
@@ -74,7 +74,7 @@ def test_a_request_s_id_goes_with_the_tasks_it_queues(client, redis_client, logi
     client.patch(
         "/api/v1/users/me", json={"display_name": "Renamed"}, headers={**login(user), "X-Request-ID": "trace-me-7"}
     )
-    messages = [json.loads(m) for m in redis_client.lrange("celery", 0, -1)]
+    messages = [json.loads(m) for m in redis_client.lrange(queue.SHORT, 0, -1)]
     assert messages and all(m["headers"]["request_id"] == "trace-me-7" for m in messages)
 
 

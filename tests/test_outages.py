@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -106,7 +107,7 @@ def test_postgres_down_while_serving_then_back_without_a_restart(app, tmp_path):
 @pytest.mark.no_transaction
 def test_redis_down_while_serving_then_back(app, committed, test_db_url, tmp_path):
     redis_server = RedisServer().start()
-    env = service_env(app, test_db_url, REDIS_URL=redis_server.url, RATELIMIT_LOGIN_PER_NAME="3 per minute")
+    env = service_env(app, test_db_url, REDIS_URL=redis_server.url, RATELIMIT_LOGIN_PER_ACCOUNT_IP="3 per minute")
     web = Web(env, tmp_path / "web.log").wait_ready()
     try:
         base = web.url("")
@@ -146,9 +147,24 @@ def test_redis_down_while_serving_then_back(app, committed, test_db_url, tmp_pat
         redis_server.cleanup()
 
 
+def _pool_timeouts(web: Web, token: str) -> float:
+    """db_pool_timeouts_total on /metrics: the 503s answered for want of a connection,
+    added up over the workers."""
+    status, _, body = http("GET", web.url("/metrics"), headers={"Authorization": f"Bearer {token}"})
+    assert status == 200
+    (value,) = re.findall(r"^db_pool_timeouts_total (\S+)$", body.decode(), re.MULTILINE)
+    return float(value)
+
+
 @pytest.mark.no_transaction
 def test_200_clients_for_30_seconds_against_a_pool_of_10(app, committed, test_db_url, tmp_path):
-    seconds, clients = float(os.environ.get("LOAD_TEST_SECONDS", "30")), 200
+    """Two workers with pools of 5 (no overflow) under 200 clients. For a while the test
+    itself locks the posts table: each request that reaches it holds its connection until
+    the lock goes, so the pools run dry for certain and the requests waiting for a
+    connection get 503 + Retry-After in DB_POOL_TIMEOUT. Every other answer is a success,
+    no client hangs, every acknowledged write is stored, and the service recovers."""
+    seconds, clients, pool_timeout = float(os.environ.get("LOAD_TEST_SECONDS", "30")), 200, 2
+    metrics_token = "load-test-metrics"
     env = service_env(
         app,
         test_db_url,
@@ -156,7 +172,8 @@ def test_200_clients_for_30_seconds_against_a_pool_of_10(app, committed, test_db
         WEB_THREADS="16",
         DB_POOL_SIZE="5",
         DB_MAX_OVERFLOW="0",
-        DB_POOL_TIMEOUT="2",
+        DB_POOL_TIMEOUT=str(pool_timeout),
+        METRICS_TOKEN=metrics_token,
     )
     with app.app_context():
         users = UserFactory.create_batch(10)
@@ -164,9 +181,13 @@ def test_200_clients_for_30_seconds_against_a_pool_of_10(app, committed, test_db
         user_ids = [user.id for user in users]
     web = Web(env, tmp_path / "web.log", workers=2).wait_ready()
     statuses: Counter = Counter()
+    answered_after_release: Counter = Counter()
+    bad_503s: list = []
     failures: list[str] = []
     acknowledged: list[int] = []
     lock = threading.Lock()
+    refused = threading.Event()
+    released_at = [float("inf")]
     deadline = time.monotonic() + seconds
 
     def client(n: int) -> None:
@@ -174,9 +195,10 @@ def test_200_clients_for_30_seconds_against_a_pool_of_10(app, committed, test_db
         headers = {"Authorization": f"Bearer {tokens[n % len(tokens)]}"}
         while time.monotonic() < deadline:
             roll = rng.random()
+            started = time.monotonic()
             try:
                 if roll < 0.15:
-                    status, _, body = http(
+                    status, response_headers, body = http(
                         "POST",
                         web.url("/api/v1/posts"),
                         headers=headers,
@@ -187,30 +209,61 @@ def test_200_clients_for_30_seconds_against_a_pool_of_10(app, committed, test_db
                         with lock:
                             acknowledged.append(body["id"])
                 elif roll < 0.4:
-                    status = http("GET", web.url(f"/api/v1/users/{rng.choice(user_ids)}"), timeout=15)[0]
+                    status, response_headers, _ = http(
+                        "GET", web.url(f"/api/v1/users/{rng.choice(user_ids)}"), timeout=15
+                    )
                 else:
-                    status = http("GET", web.url("/api/v1/posts?limit=20"), timeout=15)[0]
+                    status, response_headers, _ = http("GET", web.url("/api/v1/posts?limit=20"), timeout=15)
             except OSError as exc:  # a timeout is a hang
                 with lock:
                     failures.append(repr(exc))
                 continue
             with lock:
                 statuses[status] += 1
+                if started > released_at[0]:
+                    answered_after_release[status] += 1
+                if status == 503:
+                    retry_after = response_headers.get("Retry-After", "")
+                    if response_headers.get("Content-Type") != PROBLEM or not retry_after.isdigit():
+                        bad_503s.append(response_headers)
+                    refused.set()
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    url = test_db_url.set(drivername="postgresql").render_as_string(hide_password=False)
     try:
         for thread in threads:
             thread.start()
+        while sum(statuses.values()) < 100 and time.monotonic() < deadline:  # the load is under way
+            time.sleep(0.05)
+        with psycopg.connect(url) as holder:
+            holder.execute("LOCK TABLE posts IN ACCESS EXCLUSIVE MODE")
+            # held until the first 503: a pool can stay dry no longer than the requests
+            # holding its connections wait (DB_POOL_TIMEOUT at most for the first 503)
+            refused.wait(timeout=pool_timeout * 5)
+            holder.rollback()
+            released_at[0] = time.monotonic()
         for thread in threads:
             thread.join(timeout=seconds + 60)
         assert not any(thread.is_alive() for thread in threads), "clients hung"
         assert failures == []
         assert set(statuses) <= {200, 201, 503}, statuses
-        assert statuses[200] + statuses[201] > 0
+        assert statuses[503] > 0, "the pools never ran dry"
+        assert bad_503s == []  # each a problem+json with Retry-After
+        assert _pool_timeouts(web, metrics_token) == statuses[503]  # all for want of a connection
+        assert answered_after_release[200] > 0 and answered_after_release[201] > 0, answered_after_release
+        # and once the load is gone the service answers normally
         assert http("GET", web.url("/readyz"))[0] == 200
+        assert http("GET", web.url(f"/api/v1/posts?author={user_ids[0]}"))[0] == 200
+        headers = {"Authorization": f"Bearer {tokens[0]}"}
+        status, _, body = http("POST", web.url("/api/v1/posts"), headers=headers, json_body={"title": "t", "body": "b"})
+        assert status == 201
+        acknowledged.append(body["id"])
     finally:
         web.stop()
     with app.app_context():
         stored = set(db.session.scalars(select(Post.id)))
     assert set(acknowledged) <= stored
-    print(f"\nload: {dict(statuses)} in {seconds:.0f} s, {len(acknowledged)} acknowledged writes, all stored")
+    print(
+        f"\nload: {dict(statuses)} in {seconds:.0f} s ({dict(answered_after_release)} after the lock went), "
+        f"{len(acknowledged)} acknowledged writes, all stored"
+    )

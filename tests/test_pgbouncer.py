@@ -14,6 +14,7 @@ import time
 
 import psycopg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from app import create_app
@@ -89,6 +90,7 @@ def test_smoke_paths_through_pgbouncer(app, committed, pgbouncer):
             "DB_PGBOUNCER": True,
             "SQLALCHEMY_DATABASE_URI": pgbouncer.render_as_string(False),
             "SQLALCHEMY_ENGINE_OPTIONS": engine_options(True),
+            "SEARCH_STATEMENT_TIMEOUT_MS": 1717,
         }
     )
     client = behind.test_client()
@@ -107,6 +109,12 @@ def test_smoke_paths_through_pgbouncer(app, committed, pgbouncer):
     post_url = created.headers["Location"]
     assert client.patch(post_url, json={"title": "Edited"}, headers={**headers, "If-Match": etag}).status_code == 200
     assert client.get("/api/v1/posts?q=pooled").get_json()["items"][0]["title"] == "Edited"
+    with behind.app_context():  # the search's timeout ended with its transaction
+        shown = set()
+        for _ in range(8):  # a transaction each: PgBouncer's server connections in turn
+            shown.add(db.session.scalar(text("SHOW statement_timeout")))
+            db.session.rollback()
+        assert "1717ms" not in shown
     assert client.get(f"/api/v1/users/{other}/followers").status_code == 200
     assert client.get("/api/v1/feed", headers=headers).status_code == 200
     refreshed = client.post("/api/v1/auth/refresh", headers={"Authorization": f"Bearer {pair['refresh_token']}"})

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import time
+from datetime import datetime
 
-from app.extensions import db
+import pytest
+from sqlalchemy import text
+
+from app.extensions import db, statement_timeout
 from app.models import Post, User
 from tests.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
 
@@ -149,6 +153,55 @@ def test_full_text_search(client):
     assert client.get(POSTS, query_string={"q": "!!! & |"}).status_code == 200
 
 
+@pytest.mark.no_transaction
+def test_a_search_that_runs_too_long_is_stopped_and_answered_503(app, committed, client, monkeypatch):
+    """The search waits on a lock held here: a slow statement, stopped by the search's own
+    timeout (well before the 15 s one every statement has), in a GET's autocommit."""
+    monkeypatch.setitem(app.config, "SEARCH_STATEMENT_TIMEOUT_MS", 300)
+    with app.app_context():
+        post_id = PostFactory(title="A needle in the stack").id
+        holder = db.engine.connect()
+    try:
+        holder.execute(text("LOCK TABLE posts IN ACCESS EXCLUSIVE MODE"))
+        started = time.monotonic()
+        stopped = client.get(POSTS, query_string={"q": "needle"})
+        elapsed = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert stopped.status_code == 503, stopped.get_json()
+    assert stopped.mimetype == "application/problem+json"
+    # ours, or the rate limit's window if later (Flask-Limiter keeps the later of the two)
+    assert int(stopped.headers["Retry-After"]) >= app.config["RETRY_AFTER_SECONDS"]
+    assert stopped.get_json()["detail"].startswith("The search took too long")
+    assert 0.3 <= elapsed < 5
+    # the same search answers once nothing holds it up; the connection kept no timeout
+    assert [p["id"] for p in client.get(POSTS, query_string={"q": "needle"}).get_json()["items"]] == [post_id]
+    with app.app_context():
+        assert db.session.scalar(text("SHOW statement_timeout")) == "15s"
+
+
+def test_the_search_timeout_lasts_only_the_search(app):
+    """Inside a transaction (here the test's) the search's timeout is set back after it."""
+    before = db.session.scalar(text("SHOW statement_timeout"))
+    with statement_timeout(1234):
+        assert db.session.scalar(text("SHOW statement_timeout")) == "1234ms"
+    assert db.session.scalar(text("SHOW statement_timeout")) == before == "15s"
+
+
+def test_searches_are_limited_per_address_and_the_plain_list_is_not(client, app, monkeypatch):
+    monkeypatch.setitem(app.config, "RATELIMIT_SEARCH_PER_IP", "3 per minute")
+    here, there = {"REMOTE_ADDR": "192.0.2.10"}, {"REMOTE_ADDR": "192.0.2.11"}
+    statuses = [client.get(POSTS, query_string={"q": "word"}, environ_base=here).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    limited = client.get(POSTS, query_string={"q": "other"}, environ_base=here)
+    assert limited.status_code == 429 and limited.mimetype == "application/problem+json"
+    assert int(limited.headers["Retry-After"]) > 0
+    assert client.get(POSTS, query_string={"q": "word"}, environ_base=there).status_code == 200
+    assert [client.get(POSTS, environ_base=here).status_code for _ in range(5)] == [200] * 5
+    assert client.get(POSTS, query_string={"author": 1}, environ_base=here).status_code == 200
+
+
 def test_feed_shows_posts_of_followed_users_only(client, login):
     me, followed, stranger = UserFactory(), UserFactory(), UserFactory()
     FollowFactory(follower_id=me.id, followed_id=followed.id)
@@ -166,3 +219,43 @@ def test_deleting_a_user_cascades(client):
     db.session.delete(db.session.get(User, post.author_id))
     db.session.commit()
     assert post_count() == 0
+
+
+def _ids_page_by_page(client, url: str, limit: int, headers=None) -> list[int]:
+    ids, cursor = [], None
+    while True:
+        page = f"{url}{'&' if '?' in url else '?'}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        response = client.get(page, headers=headers or {})
+        assert response.status_code == 200, url
+        ids += [item["id"] for item in response.get_json()["items"]]
+        if not (cursor := response.get_json()["next_cursor"]):
+            return ids
+
+
+def test_an_edited_post_keeps_its_place_in_every_list(client, login):
+    """Lists are newest first by when a post was written: editing the oldest post (its
+    updated_at becomes the newest time of all) moves it nowhere, on the first page or
+    page by page."""
+    reader, author, other = UserFactory(), UserFactory(), UserFactory()
+    for followed in (author, other):
+        FollowFactory(follower_id=reader.id, followed_id=followed.id)
+    oldest = PostFactory(author=author, body="Tuning postgres indexes.")
+    middle = PostFactory(author=other, body="Vacuuming postgres tables.")
+    newest = PostFactory(author=author, body="Replicating postgres.")
+    response = client.patch(f"{POSTS}/{oldest.id}", json={"title": "Edited"}, headers=login(author))
+    assert response.status_code == 200
+    edited = response.get_json()
+    assert datetime.fromisoformat(edited["updated_at"]) > newest.created_at  # the latest change of all
+    everyone, authors = [newest.id, middle.id, oldest.id], [newest.id, oldest.id]
+    reader_headers = login(reader)
+    for url, expected, headers in [
+        (POSTS, everyone, None),
+        (f"{POSTS}?author={author.id}", authors, None),
+        (f"{POSTS}?q=postgres", everyone, None),
+        (f"/api/v1/users/{author.id}/posts", authors, None),
+        ("/api/v1/feed", everyone, reader_headers),
+    ]:
+        for limit in (100, 1):
+            assert _ids_page_by_page(client, url, limit, headers) == expected, (url, limit)
+    listed = client.get("/api/v1/users?include=posts").get_json()["items"]
+    assert [p["id"] for p in next(u for u in listed if u["id"] == author.id)["posts"]] == authors

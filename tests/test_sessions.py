@@ -7,6 +7,7 @@ import pytest
 from flask_jwt_extended import decode_token
 from sqlalchemy import delete, select
 
+from app import queue
 from app.auth import revocation
 from app.extensions import RedisStore, db
 from app.models import AuthSession, RevokedToken, User
@@ -201,9 +202,9 @@ def test_mirror_not_ready_answers_from_postgres_and_queues_one_rebuild(client, a
     redis_client.flushdb()  # the mirror is lost
     assert client.get(ME, headers=bearer(pair["access_token"])).status_code == 401
     assert redis_client.exists(revocation.REBUILD_QUEUED)
-    assert redis_client.llen("celery") == 1  # the rebuild task, queued once
+    assert redis_client.llen(queue.SHORT) == 1  # the rebuild task, queued once
     client.get(ME, headers=bearer(pair["access_token"]))
-    assert redis_client.llen("celery") == 1
+    assert redis_client.llen(queue.SHORT) == 1
     assert revocation.rebuild_mirror() == 2
     assert redis_client.get(revocation.READY).decode() == redis_client.info("server")["run_id"]
 

@@ -7,11 +7,14 @@ import json
 import time
 
 import pytest
-from sqlalchemy import func, select, update
+import redis
+from sqlalchemy import func, select, text, update
 
-from app import cache
+from app import cache, queue
 from app.extensions import db, redis_store
+from app.jobs import service as jobs
 from app.models import Job, Post, User
+from app.posts import imports
 from app.users.service import recount_counters
 from tests.conftest import open_session
 from tests.factories import FollowFactory, PostFactory, UserFactory
@@ -46,6 +49,95 @@ def test_celery_is_configured_for_reliable_delivery(app):
     assert "recount-counters-nightly" in conf.beat_schedule
 
 
+def test_short_tasks_and_long_jobs_go_to_queues_of_their_own(app):
+    import worker.tasks  # noqa: F401  (registers the tasks)
+
+    celery = app.extensions["celery"]
+
+    def queue_of(name: str) -> str:
+        return celery.amqp.router.route({}, name)["queue"].name
+
+    ours = sorted(name for name in celery.tasks if name.startswith("worker.tasks."))
+    assert len(ours) >= 8
+    unrouted = [name for name in ours if name not in queue.ROUTES]
+    assert unrouted == [], "give each task its queue in app/queue.py ROUTES"
+    assert {name: queue_of(name) for name in ours}.items() >= {
+        queue.INVALIDATE_CACHE: "short",
+        queue.INVALIDATE_AUTHOR_POSTS: "short",
+        queue.REBUILD_REVOCATION_MIRROR: "short",
+        queue.SYNC_REVOCATION_MIRROR: "short",
+        queue.REQUEUE_STALE_JOBS: "short",
+        queue.RUN_JOB: "long",
+        queue.PURGE_EXPIRED_REVOCATIONS: "long",
+    }.items()
+    # beat sends by name, through the same routes
+    beat = celery.conf.beat_schedule
+    assert [entry for entry, spec in beat.items() if spec["task"] not in queue.ROUTES] == []
+    assert {entry: queue_of(beat[entry]["task"]) for entry in beat}.items() >= {
+        "requeue-stale-jobs": "short",
+        "sync-revocation-mirror": "short",
+        "purge-expired-revocations": "long",
+    }.items()
+    assert queue_of("worker.tasks.not_routed") == "long"  # never in the way of the short ones
+    assert set(celery.amqp.queues) == {"short", "long"}  # a worker without -Q consumes both
+
+
+@pytest.mark.no_transaction
+def test_an_invalidation_is_done_while_a_long_import_is_still_running(app, committed, test_db_url, tmp_path):
+    """Each queue has its worker: a cache invalidation does not wait for the import the
+    other worker is busy with (held here on a lock of the author's row)."""
+    env = service_env(app, test_db_url)
+    short = Worker(env, tmp_path / "short.log", name="short", queues=[queue.SHORT])
+    long = Worker(env, tmp_path / "long.log", name="long", queues=[queue.LONG])
+    holder = None
+    try:
+        short.wait_ready(), long.wait_ready()
+        with app.app_context():
+            author_id = UserFactory().id
+            job_id = imports.start(author_id, _import_file(20, 100), "posts.jsonl", "", None, queue=False).id
+            # the import's INSERT checks the author's row (FOR KEY SHARE): it waits on this
+            holder = db.engine.connect()
+            holder.execute(text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": author_id})
+            jobs.enqueue(job_id)
+        _poll(app, job_id, lambda j: j.status == "running", 30, long)
+        deadline = time.monotonic() + 10
+        while _imports_waiting_on_a_lock(app) == 0:
+            assert time.monotonic() < deadline, long.log()
+            time.sleep(0.05)
+        key = cache.post_key(424242)
+        raw = redis.Redis.from_url(app.config["REDIS_URL"])
+        raw.set(key, b"stale")
+        with app.app_context():
+            assert queue.send(queue.INVALIDATE_CACHE, [[key]])
+        deadline = time.monotonic() + 10  # under the import's statement timeout (15 s)
+        while raw.exists(key):
+            assert time.monotonic() < deadline, f"invalidation not done\n{short.log()}\n{long.log()}"
+            time.sleep(0.05)
+        assert _poll(app, job_id, lambda j: True, 0, long).status == "running"
+        assert _imports_waiting_on_a_lock(app) == 1  # the import is still blocked
+        holder.rollback()
+        job = _poll(app, job_id, lambda j: j.status in ("succeeded", "failed"), 30, long)
+        assert (job.status, job.result["imported"], job.result["invalid"]) == ("succeeded", 20, 0)
+    finally:
+        if holder is not None:
+            holder.close()
+        short.stop()
+        long.stop()
+
+
+def _imports_waiting_on_a_lock(app) -> int:
+    with app.app_context():
+        try:
+            return db.session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                    " AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO posts%'"
+                )
+            )
+        finally:
+            db.session.rollback()  # a transaction sees one snapshot of pg_stat_activity
+
+
 @pytest.fixture
 def worker_process(app, test_db_url, tmp_path):
     worker = Worker(service_env(app, test_db_url), tmp_path / "worker.log").wait_ready()
@@ -60,7 +152,7 @@ def test_a_real_worker_runs_the_task_from_the_broker(app, committed, worker_proc
         PostFactory(author=user)
         db.session.execute(update(User).where(User.id == user.id).values(post_count=40))
         db.session.commit()
-        app.extensions["celery"].send_task("worker.tasks.nightly_recount")
+        app.extensions["celery"].send_task(queue.NIGHTLY_RECOUNT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             db.session.expire_all()

@@ -18,6 +18,9 @@ from celery.signals import (
     worker_ready,
 )
 from flask import Flask
+from kombu import Exchange, Queue
+
+from app import queue
 
 # longer than the longest job, or Redis redelivers a running task to a second worker
 VISIBILITY_TIMEOUT = 6 * 3600
@@ -53,29 +56,34 @@ def make_celery(flask_app: Flask) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         result_expires=24 * 3600,
+        # short tasks and long jobs on queues of their own, each with its own worker
+        # (Procfile); a worker started without -Q consumes both
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in queue.QUEUES],
+        task_routes=queue.ROUTES,
+        task_default_queue=queue.LONG,  # a task nobody routed must not hold up the short queue
         task_serializer="json",
         accept_content=["json"],
         timezone="UTC",
         beat_schedule={
             "recount-counters-nightly": {
-                "task": "worker.tasks.nightly_recount",
+                "task": queue.NIGHTLY_RECOUNT,
                 "schedule": crontab(hour=3, minute=30),
             },
             "requeue-stale-jobs": {
-                "task": "worker.tasks.requeue_stale_jobs",
+                "task": queue.REQUEUE_STALE_JOBS,
                 "schedule": float(cfg["JOB_REAPER_INTERVAL_SECONDS"]),
             },
-            "sync-revocation-mirror": {"task": "worker.tasks.sync_revocation_mirror", "schedule": 60.0},
+            "sync-revocation-mirror": {"task": queue.SYNC_REVOCATION_MIRROR, "schedule": 60.0},
             "purge-expired-revocations": {
-                "task": "worker.tasks.purge_expired_revocations",
+                "task": queue.PURGE_EXPIRED_REVOCATIONS,
                 "schedule": crontab(minute=15),
             },
             "purge-expired-job-results": {
-                "task": "worker.tasks.purge_expired_results",
+                "task": queue.PURGE_EXPIRED_RESULTS,
                 "schedule": crontab(minute=40),
             },
             "purge-failed-import-uploads": {
-                "task": "worker.tasks.purge_failed_uploads",
+                "task": queue.PURGE_FAILED_UPLOADS,
                 "schedule": crontab(minute=45),
             },
         },
@@ -86,7 +94,7 @@ def make_celery(flask_app: Flask) -> Celery:
     @worker_ready.connect(weak=False, dispatch_uid="postboard-requeue-on-ready")
     def _pick_up_abandoned_jobs(**_kwargs):
         # a worker that starts after a crash takes over what the dead one left
-        celery.send_task("worker.tasks.requeue_stale_jobs")
+        celery.send_task(queue.REQUEUE_STALE_JOBS)
 
     @worker_process_init.connect(weak=False, dispatch_uid="postboard-fresh-pool")
     def _fresh_pool_after_fork(**_kwargs):
@@ -129,9 +137,14 @@ def __getattr__(name: str):
     """`worker.celery`, built on first use (so importing this package builds nothing)."""
     if name == "celery":
         from app import create_app
+        from app.config import ConfigError, refuse_to_start
 
         global celery
-        celery = create_app().extensions["celery"]
+        try:
+            flask_app = create_app()
+        except ConfigError as error:
+            refuse_to_start(error)  # one line, not celery's traceback
+        celery = flask_app.extensions["celery"]
         celery.set_default()
         return celery
     raise AttributeError(name)

@@ -1,4 +1,6 @@
-"""Celery tasks: thin wrappers over the app's service functions. Each is idempotent."""
+"""Celery tasks: thin wrappers over the app's service functions. Each is idempotent.
+
+Their names, and the queue each goes to, are in app/queue.py."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from celery import shared_task
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
-from app import cache
+from app import cache, queue
 from app.auth import revocation
 from app.jobs import files as job_files
 from app.jobs import service as jobs
@@ -25,7 +27,7 @@ RETRY = {
 }
 
 
-@shared_task(name="worker.tasks.rebuild_revocation_mirror", **RETRY)
+@shared_task(name=queue.REBUILD_REVOCATION_MIRROR, **RETRY)
 def rebuild_revocation_mirror() -> int:
     """Copy every live revocation to Redis and mark the mirror complete."""
     count = revocation.rebuild_mirror()
@@ -33,13 +35,13 @@ def rebuild_revocation_mirror() -> int:
     return count
 
 
-@shared_task(name="worker.tasks.sync_revocation_mirror", **RETRY)
+@shared_task(name=queue.SYNC_REVOCATION_MIRROR, **RETRY)
 def sync_revocation_mirror() -> int:
     """Every minute: re-mirror recent revocations (a full rebuild if the mirror is not ready)."""
     return revocation.sync_recent()
 
 
-@shared_task(name="worker.tasks.purge_expired_revocations", **RETRY)
+@shared_task(name=queue.PURGE_EXPIRED_REVOCATIONS, **RETRY)
 def purge_expired_revocations() -> dict[str, int]:
     """Hourly: drop revocations and sessions whose tokens have expired anyway."""
     purged = revocation.purge_expired()
@@ -47,13 +49,13 @@ def purge_expired_revocations() -> dict[str, int]:
     return purged
 
 
-@shared_task(name="worker.tasks.invalidate_cache", **RETRY)
+@shared_task(name=queue.INVALIDATE_CACHE, **RETRY)
 def invalidate_cache(keys: list[str]) -> None:
     """A cache delete that failed in a web request, retried until Redis answers."""
     cache.delete_now(keys)
 
 
-@shared_task(name="worker.tasks.invalidate_author_posts", **RETRY)
+@shared_task(name=queue.INVALIDATE_AUTHOR_POSTS, **RETRY)
 def invalidate_author_posts(user_id: int) -> int:
     """Drop every cached post of a user whose name (or status) changed."""
     count = users.invalidate_author_posts(user_id)
@@ -61,19 +63,19 @@ def invalidate_author_posts(user_id: int) -> int:
     return count
 
 
-@shared_task(name="worker.tasks.run_job", **RETRY)
+@shared_task(name=queue.RUN_JOB, **RETRY)
 def run_job(job_id: str) -> str | None:
     """Run a job to its end; a second delivery of a finished job does nothing."""
     return jobs.run(uuid.UUID(job_id))
 
 
-@shared_task(name="worker.tasks.requeue_stale_jobs", **RETRY)
+@shared_task(name=queue.REQUEUE_STALE_JOBS, **RETRY)
 def requeue_stale_jobs() -> int:
     """Queue again the jobs whose worker died or whose message was lost."""
     return jobs.requeue_stale()
 
 
-@shared_task(name="worker.tasks.purge_expired_results", **RETRY)
+@shared_task(name=queue.PURGE_EXPIRED_RESULTS, **RETRY)
 def purge_expired_results() -> int:
     """Hourly: delete result files (exports) past their retention; their jobs stay."""
     purged = job_files.purge_expired_results()
@@ -81,7 +83,7 @@ def purge_expired_results() -> int:
     return purged
 
 
-@shared_task(name="worker.tasks.purge_failed_uploads", **RETRY)
+@shared_task(name=queue.PURGE_FAILED_UPLOADS, **RETRY)
 def purge_failed_uploads() -> int:
     """Hourly: delete the uploads of imports that failed."""
     purged = job_files.purge_failed_uploads()
@@ -89,7 +91,7 @@ def purge_failed_uploads() -> int:
     return purged
 
 
-@shared_task(name="worker.tasks.nightly_recount", **RETRY)
+@shared_task(name=queue.NIGHTLY_RECOUNT, **RETRY)
 def nightly_recount() -> str | None:
     """The nightly recount, as a job row admins can see."""
     from app.models import JobKind

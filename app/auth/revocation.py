@@ -106,7 +106,7 @@ def _queue_rebuild() -> None:
     """Ask a worker to rebuild the mirror, at most once per 30 s across all processes."""
     try:
         if redis_store.client.set(REBUILD_QUEUED, 1, nx=True, ex=30):
-            queue.send("worker.tasks.rebuild_revocation_mirror")
+            queue.send(queue.REBUILD_REVOCATION_MIRROR)
     except RedisError as exc:  # the check must answer even when queueing fails
         log.warning("could not queue a revocation mirror rebuild: %s", exc)
 

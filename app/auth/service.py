@@ -75,16 +75,24 @@ def verify_password(user: User, password: str) -> bool:
     return True
 
 
+def _named_by(login: str):
+    """The user whose username or email this is, in any case (two unique indexes)."""
+    needle = login.lower()
+    return or_(func.lower(User.username) == needle, func.lower(User.email) == needle)
+
+
+def account_id(login: str) -> int | None:
+    """The id of the user a login (username or email) names, else None: one indexed query."""
+    return db.session.scalars(select(User.id).where(_named_by(login))).first()
+
+
 def authenticate(login: str, password: str) -> User:
     """The active user with this username or email and password, else 401.
 
     An unknown login costs the same hashing work as a wrong password, so response
     times do not tell which usernames exist.
     """
-    needle = login.lower()
-    user = db.session.scalars(
-        select(User).where(or_(func.lower(User.username) == needle, func.lower(User.email) == needle))
-    ).first()
+    user = db.session.scalars(select(User).where(_named_by(login))).first()
     if user is None:
         hasher().hash(password)
         raise Unauthorized("Wrong login or password.")

@@ -2,6 +2,7 @@
 
 flask-jwt-extended answers 422 for a malformed or wrongly signed token and 401 only for
 a missing one; the callbacks below make every token failure a 401 problem with a reason.
+A token without a claim that issue_tokens gives it is refused as it is decoded.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from datetime import UTC, datetime
 
 from flask import current_app, g
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token, get_jwt
+from flask_jwt_extended.config import config as jwt_config
+from jwt import InvalidTokenError, MissingRequiredClaimError
 from werkzeug.local import LocalProxy
 
 from app.auth import revocation
@@ -20,6 +23,9 @@ from app.models import AuthSession, User
 from app.users import service as users
 
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
+# the claims issue_tokens gives every token, and those of each type besides
+REQUIRED_CLAIMS = ("sub", "jti", "type", "exp", "sid")
+REQUIRED_BY_TYPE = {"access": ("role",), "refresh": ()}
 
 
 def new_jti() -> str:
@@ -42,6 +48,23 @@ def issue_tokens(user: User, session: AuthSession) -> dict:
         "token_type": "Bearer",
         "expires_in": int(cfg["JWT_ACCESS_TOKEN_EXPIRES"].total_seconds()),
     }
+
+
+def check_claims(claims: dict) -> None:
+    """Refuse a token without a claim issue_tokens gives it (flask-jwt-extended would
+    fill in `type` and `jti`), or with one the services cannot read: PyJWT's errors,
+    which flask-jwt-extended answers with the invalid-token 401."""
+    for claim in REQUIRED_CLAIMS + REQUIRED_BY_TYPE.get(claims.get("type"), ()):
+        if claims.get(claim) is None:
+            raise MissingRequiredClaimError(claim)
+    if claims["type"] not in REQUIRED_BY_TYPE:
+        raise InvalidTokenError("Unknown token type")
+    if not all(isinstance(claims[claim], str) for claim in ("jti", "sid", *REQUIRED_BY_TYPE[claims["type"]])):
+        raise InvalidTokenError("A claim is not a string")
+    try:
+        uuid.UUID(claims["sid"])
+    except ValueError as exc:
+        raise InvalidTokenError("The sid claim is not a session id") from exc
 
 
 def account_gone() -> Unauthorized:
@@ -98,6 +121,13 @@ def _unauthorized(detail: str):
 
 
 def register_token_callbacks(jwt: JWTManager) -> None:
+    @jwt.decode_key_loader
+    def _key_after_claims_check(_header, unverified_claims) -> str:
+        # flask-jwt-extended's one hook that sees the claims as sent, before it adds
+        # defaults; the signature is still verified after (with the key returned here)
+        check_claims(unverified_claims)
+        return jwt_config.decode_key
+
     @jwt.token_in_blocklist_loader
     def _is_revoked(_header, payload) -> bool:
         return revocation.is_revoked(payload)

@@ -100,7 +100,7 @@ def unfinished(owner_id: int, kind: JobKind, *, lock: bool = False, besides: uui
 
 def enqueue(job_id: uuid.UUID) -> None:
     """Queue the job; if the broker is down, the reaper queues it once it is back."""
-    queue.send("worker.tasks.run_job", [str(job_id)])
+    queue.send(queue.RUN_JOB, [str(job_id)])
 
 
 def get_for(actor: User, job_id: uuid.UUID) -> Job:

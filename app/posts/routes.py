@@ -25,10 +25,12 @@ def _etag(version: int) -> dict:
 
 
 @blp.route("/posts")
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py: searches (`q`) only
 @blp.arguments(PostListArgsSchema, location="query")
 @blp.response(200, page_of(PostSchema))
 def list_posts(args):
-    """Newest first; `?author=` one author's; `?q=` full-text search."""
+    """Newest first; `?author=` one author's; `?q=` full-text search (limited per
+    address, and answered 503 when it takes too long)."""
     page = service.list_posts(
         limit=args["limit"], cursor=args.get("cursor"), author=args.get("author"), q=args.get("q")
     )

@@ -8,13 +8,14 @@ from datetime import datetime
 from flask import current_app
 from sqlalchemy import BigInteger, Select, any_, bindparam, delete, func, select, true
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import contains_eager
 from werkzeug.datastructures import ETags
 
 from app import cache
 from app.api import check_if_match
-from app.errors import Forbidden, NotFound
-from app.extensions import db
+from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable
+from app.extensions import db, statement_timeout
 from app.models import Follow, Post, User
 from app.pagination import KeysetQuery, Page, comes_after, page_json
 from app.posts.schemas import PostSchema
@@ -158,9 +159,27 @@ def public_post_json(post_id: int) -> tuple[int, bytes]:
 def list_posts(*, limit: int, cursor: str | None, author: int | None = None, q: str | None = None) -> bytes:
     """Newest first; optionally one author's, optionally matching a web-style search."""
     query = _newest_posts(active_authors=True, by_author=author is not None, search=bool(q))
-    everyones = author is None and not q  # the list everyone reads: its first page is cached
+    if q:
+        return _page_json(_search(query, limit=limit, cursor=cursor, author=author, q=q))
+    everyones = author is None  # the list everyone reads: its first page is cached
     cached_as = cache.newest_posts_key() if everyones else None
-    return _page_json(query.page(limit=limit, cursor=cursor, cached_as=cached_as, author=author, q=q))
+    return _page_json(query.page(limit=limit, cursor=cursor, cached_as=cached_as, author=author))
+
+
+def _search(query: KeysetQuery, **params) -> Page:
+    """A page of a full-text search, stopped after SEARCH_STATEMENT_TIMEOUT_MS: its cost
+    grows with the table, and anyone may send one."""
+    config = current_app.config
+    try:
+        with statement_timeout(config["SEARCH_STATEMENT_TIMEOUT_MS"]):
+            return query.page(**params)
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != QUERY_CANCELED:
+            raise
+        raise ServiceUnavailable(
+            "The search took too long and was stopped. Try more specific words, or retry later.",
+            headers={"Retry-After": str(config["RETRY_AFTER_SECONDS"])},
+        ) from None
 
 
 def posts_of(user_id: int, *, limit: int, cursor: str | None) -> bytes:

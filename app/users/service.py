@@ -155,8 +155,8 @@ def invalidate_author_posts_later(user_id: int) -> None:
     """Cached posts embed the author's name: a worker drops them all, now and once
     more a second later (a reader that loaded a post before the change may have put
     it back in between)."""
-    queue.send("worker.tasks.invalidate_author_posts", [user_id])
-    queue.send("worker.tasks.invalidate_author_posts", [user_id], countdown=1)
+    queue.send(queue.INVALIDATE_AUTHOR_POSTS, [user_id])
+    queue.send(queue.INVALIDATE_AUTHOR_POSTS, [user_id], countdown=1)
 
 
 def invalidate_author_posts(user_id: int) -> int:

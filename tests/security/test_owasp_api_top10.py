@@ -15,7 +15,7 @@ from app import create_app
 from app.extensions import db
 from app.models import Post, User
 from tests.conftest import open_session
-from tests.factories import PASSWORD, AdminFactory, PostFactory, UserFactory
+from tests.factories import PASSWORD, PUBLIC_PROFILE_FIELDS, AdminFactory, FollowFactory, PostFactory, UserFactory
 from tests.redis_server import RedisServer
 
 API = "/api/v1"
@@ -53,14 +53,15 @@ def test_api1_bola_a_user_cannot_end_or_see_another_users_sessions(client):
 
 def test_api1_bola_me_is_always_the_tokens_owner(client):
     alice, bob = UserFactory(), UserFactory()
-    me = client.get(f"{API}/users/me", headers=bearer(open_session(bob))).get_json()
-    assert me["id"] == bob.id != alice.id
+    for user in (bob, alice):
+        me = client.get(f"{API}/users/me", headers=bearer(open_session(user))).get_json()
+        assert (me["id"], me["email"]) == (user.id, user.email)
 
 
 # -- API2:2023 Broken Authentication ----------------------------------------------------
 
 
-def test_api2_broken_authentication_login_is_rate_limited_per_login_name(client):
+def test_api2_broken_authentication_login_is_rate_limited_per_account_and_address(client):
     UserFactory(username="target")
     wrong = {"login": "target", "password": "not the password"}
     statuses = [client.post(f"{API}/auth/login", json=wrong).status_code for _ in range(5)]
@@ -71,6 +72,69 @@ def test_api2_broken_authentication_login_is_rate_limited_per_login_name(client)
     assert int(blocked.headers["Retry-After"]) > 0
 
 
+def login_from(client, address: str, login: str, password: str):
+    return client.post(
+        f"{API}/auth/login", json={"login": login, "password": password}, environ_base={"REMOTE_ADDR": address}
+    )
+
+
+def test_api2_guesses_from_one_address_do_not_lock_the_owner_out_from_another(client):
+    UserFactory(username="owner")
+    guesses = [login_from(client, "198.51.100.7", "owner", f"guess {i}").status_code for i in range(6)]
+    assert guesses == [401] * 5 + [429]
+    assert login_from(client, "203.0.113.9", "owner", PASSWORD).status_code == 200
+    assert login_from(client, "198.51.100.7", "owner", PASSWORD).status_code == 429  # that address still waits
+
+
+def test_api2_a_username_and_its_email_are_one_account_for_the_login_limit(client):
+    UserFactory(username="dual", email="Dual@Example.com")
+    guesses = [login_from(client, "198.51.100.8", "dual", f"guess {i}").status_code for i in range(5)]
+    assert guesses == [401] * 5
+    assert login_from(client, "198.51.100.8", "DUAL@example.com", "guess 5").status_code == 429
+    assert login_from(client, "198.51.100.8", "dual@example.com", PASSWORD).status_code == 429
+
+
+def test_api2_guesses_spread_over_many_addresses_reach_the_per_account_ceiling(client, app):
+    assert app.config["RATELIMIT_LOGIN_PER_ACCOUNT"] == "50 per hour"
+    UserFactory(username="popular", email="popular@example.com")
+    spread = [
+        login_from(client, f"192.0.2.{address}", "popular" if guess % 2 else "popular@example.com", "nope").status_code
+        for address in range(10)
+        for guess in range(5)
+    ]
+    assert spread == [401] * 50
+    refused = login_from(client, "192.0.2.100", "popular", "nope")
+    assert refused.status_code == 429
+    assert refused.mimetype == "application/problem+json"
+    assert "from all addresses together" in refused.get_json()["detail"]
+    assert int(refused.headers["Retry-After"]) > 60  # the hour's window, not a minute's
+    # the owner too, from an address of their own, until the window ends
+    assert login_from(client, "203.0.113.10", "popular", PASSWORD).status_code == 429
+
+
+def test_api2_login_limits_do_not_tell_whether_an_account_exists(client):
+    UserFactory(username="someone")
+
+    def answers(login: str, address: str) -> list:
+        seen = []
+        for i in range(7):
+            response = login_from(client, address, login, f"guess {i}")
+            seen.append(
+                (
+                    response.status_code,
+                    response.get_json()["detail"],
+                    sorted(name for name, _ in response.headers if name.lower().startswith(("x-ratelimit", "retry"))),
+                    response.headers.get("X-RateLimit-Limit"),
+                    response.headers.get("X-RateLimit-Remaining"),
+                )
+            )
+        return seen
+
+    existing, unknown = answers("someone", "192.0.2.50"), answers("no-one-by-this-name", "192.0.2.51")
+    assert [status for status, *_ in existing] == [401] * 5 + [429] * 2
+    assert existing == unknown
+
+
 def test_api2_broken_authentication_login_is_rate_limited_per_address(client, app, monkeypatch):
     monkeypatch.setitem(app.config, "RATELIMIT_LOGIN_PER_IP", "4 per minute")
     statuses = [
@@ -79,15 +143,26 @@ def test_api2_broken_authentication_login_is_rate_limited_per_address(client, ap
     assert statuses == [401, 401, 401, 401, 429]
 
 
-def test_api2_broken_authentication_refresh_is_rate_limited_per_session(client):
-    tokens = open_session(UserFactory())
-    for _ in range(10):
+def _refresh_until_refused(client, tokens: dict) -> list[int]:
+    """Refresh with each new refresh token until the API refuses; the statuses."""
+    statuses = []
+    while not statuses or statuses[-1] == 200:
+        assert len(statuses) <= 20, "never limited"
         response = client.post(f"{API}/auth/refresh", headers=bearer(tokens, "refresh"))
-        assert response.status_code == 200
-        tokens = response.get_json()
-    assert client.post(f"{API}/auth/refresh", headers=bearer(tokens, "refresh")).status_code == 429
-    # another session is not affected
-    assert client.post(f"{API}/auth/refresh", headers=bearer(open_session(UserFactory()), "refresh")).status_code == 200
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            tokens = response.get_json()
+    return statuses
+
+
+def test_api2_broken_authentication_refresh_is_rate_limited_per_session(client, app, monkeypatch):
+    """Each session of a user has its own allowance: a phone that refreshes too often is
+    limited, and the same user's laptop still gets all of its refreshes."""
+    monkeypatch.setitem(app.config, "RATELIMIT_REFRESH_PER_SESSION", "3 per minute")
+    user = UserFactory()
+    phone, laptop = open_session(user), open_session(user)
+    assert _refresh_until_refused(client, phone) == [200, 200, 200, 429]
+    assert _refresh_until_refused(client, laptop) == [200, 200, 200, 429]
 
 
 def test_api2_broken_authentication_password_change_is_rate_limited(client):
@@ -107,7 +182,7 @@ def test_api2_broken_authentication_limits_fall_back_to_memory_when_redis_is_dow
                 "APP_ENV": "test",
                 "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(False),
                 "REDIS_URL": server.url,
-                "RATELIMIT_LOGIN_PER_NAME": "3 per minute",
+                "RATELIMIT_LOGIN_PER_ACCOUNT_IP": "3 per minute",
             }
         )
         client = limited.test_client()
@@ -133,19 +208,66 @@ def test_api3_bopla_mass_assignment_of_role_is_refused_and_nothing_changes(clien
     assert (stored.role, stored.display_name) == ("user", user.display_name)
 
 
-def test_api3_bopla_no_private_property_leaks_from_public_views(client):
-    post = PostFactory()
-    author_id = post.author_id
-    bodies = [
-        client.get(f"{API}/users/{author_id}").get_json(),
-        client.get(f"{API}/users?include=posts").get_json(),
-        client.get(f"{API}/posts/{post.id}").get_json(),
-        client.get(f"{API}/posts").get_json(),
-        client.get(f"{API}/users/{author_id}/followers").get_json(),
-    ]
-    text = str(bodies)
-    for secret in ("email", "password", "role", "is_active", "$argon2"):
-        assert secret not in text
+# what a public view may show: of a user, of a post, of a post's author, of a user's newest posts
+PUBLIC_POST_FIELDS = {"id", "title", "body", "author", "created_at", "updated_at"}
+AUTHOR_FIELDS = {"id", "username", "display_name"}
+POST_BRIEF_FIELDS = {"id", "title", "created_at"}
+
+
+def test_api3_bopla_no_private_property_leaks_from_public_views(client, login):
+    """Every view of a user anyone may read holds the public fields and nothing else,
+    read cold (from PostgreSQL) and warm (from the cache), on lists that are not empty."""
+    author, fan, followed = UserFactory(), UserFactory(), UserFactory()
+    FollowFactory(follower_id=fan.id, followed_id=author.id)
+    FollowFactory(follower_id=author.id, followed_id=followed.id)
+    post = PostFactory(author=author)
+    fan_headers = login(fan)
+
+    def get(path: str, headers=None):
+        response = client.get(f"{API}{path}", headers=headers or {})
+        assert response.status_code == 200, path
+        return response.get_json()
+
+    texts = []
+    for _ in range(2):  # cold, then warm
+        followers = get(f"/users/{author.id}/followers")["items"]
+        following = get(f"/users/{author.id}/following")["items"]
+        assert [u["id"] for u in followers] == [fan.id]
+        assert [u["id"] for u in following] == [followed.id]
+        listed = get("/users")["items"]
+        found = get(f"/users?q={author.username}")["items"]
+        with_posts = get("/users?include=posts")["items"]
+        assert {u["id"] for u in listed} == {u["id"] for u in with_posts} == {author.id, fan.id, followed.id}
+        assert [u["id"] for u in found] == [author.id]
+        for user in with_posts:
+            assert set(user) == PUBLIC_PROFILE_FIELDS | {"posts"}
+        briefs = next(u for u in with_posts if u["id"] == author.id)["posts"]
+        assert [b["id"] for b in briefs] == [post.id]
+        assert all(set(brief) == POST_BRIEF_FIELDS for brief in briefs)
+        profiles = [get(f"/users/{author.id}"), *followers, *following, *listed, *found]
+        for profile in profiles:
+            assert set(profile) == PUBLIC_PROFILE_FIELDS
+        posts = [
+            get(f"/posts/{post.id}"),
+            *get("/posts")["items"],
+            *get(f"/posts?author={author.id}")["items"],
+            *get("/posts?q=postgres")["items"],
+            *get(f"/users/{author.id}/posts")["items"],
+            *get("/feed", fan_headers)["items"],
+        ]
+        assert [p["id"] for p in posts] == [post.id] * 6
+        for shown in posts:
+            assert set(shown) == PUBLIC_POST_FIELDS
+            assert set(shown["author"]) == AUTHOR_FIELDS
+        texts.append(str([profiles, with_posts, posts]))
+    registered = client.post(
+        f"{API}/auth/register", json={"username": "newcomer", "email": "new@example.com", "password": PASSWORD}
+    )
+    assert registered.status_code == 201
+    assert set(registered.get_json()) == PUBLIC_PROFILE_FIELDS
+    texts.append(registered.get_data(as_text=True))
+    for secret in ("@example.com", "password", "role", "is_active", "$argon2"):
+        assert all(secret not in text for text in texts), secret
 
 
 def test_api3_bopla_registration_cannot_set_role_or_counters(client):
@@ -225,6 +347,41 @@ def test_api8_misconfiguration_no_cors_by_default_and_safe_headers(client):
     assert response.headers["X-Frame-Options"] == "DENY"
     login = client.post(f"{API}/auth/login", json={"login": "x", "password": "y"})
     assert login.headers["Cache-Control"] == "no-store"
+
+
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+
+
+def test_api8_misconfiguration_security_headers_on_every_kind_of_response(app, client, login, monkeypatch):
+    """The headers come with every answer: success, no content, each client error (as
+    problem+json), a rate limit, the probes and the API document."""
+    monkeypatch.setitem(app.config, "RATELIMIT_LOGIN_PER_ACCOUNT_IP", "1 per minute")
+    user, other = UserFactory(), UserFactory()
+    headers = login(user)
+    wrong_login = {"login": "someone", "password": "not the password"}
+    responses = {
+        200: client.get(f"{API}/posts"),
+        201: client.post(
+            f"{API}/auth/register", json={"username": "fresh", "email": "f@example.com", "password": PASSWORD}
+        ),
+        204: client.put(f"{API}/users/{other.id}/follow", headers=headers),
+        401: client.get(f"{API}/users/me"),
+        404: client.get(f"{API}/posts/999999"),
+        405: client.delete(f"{API}/users"),
+        415: client.post(f"{API}/posts", data="x", content_type="text/plain", headers=headers),
+        422: client.post(f"{API}/posts", json={"title": ""}, headers=headers),
+        429: [client.post(f"{API}/auth/login", json=wrong_login) for _ in range(2)][-1],
+    }
+    for status, response in responses.items():
+        assert response.status_code == status
+        if status >= 400:
+            assert response.mimetype == "application/problem+json", status
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers.get(name) == value, (status, name)
+    for path in ("/healthz", "/readyz", "/openapi.json"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert {name: response.headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS, path
 
 
 def test_api8_misconfiguration_cors_allows_only_configured_origins(app, test_db_url):

@@ -1,0 +1,33 @@
+"""The README's curl walk-through (scripts/walkthrough.sh) against a real gunicorn."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.processes import Web, service_env
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "walkthrough.sh"
+
+
+@pytest.mark.no_transaction
+def test_the_walkthrough_runs_end_to_end_twice_in_a_row(app, committed, test_db_url, tmp_path):
+    web = Web(service_env(app, test_db_url), tmp_path / "web.log")
+    try:
+        web.wait_ready()
+        for _ in range(2):  # a second run finds the first one's accounts and posts
+            done = subprocess.run(
+                [shutil.which("sh"), str(SCRIPT)],
+                env={**os.environ, "API": web.url("")},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr + web.log()
+            assert done.stdout.rstrip().endswith("walkthrough done"), done.stdout
+    finally:
+        web.stop()
