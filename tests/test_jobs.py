@@ -246,6 +246,7 @@ def test_cli_import_recount_and_list(app, tmp_path):
         {"external_id": "a", "title": " ", "body": "b"},
         {"external_id": "a", "title": "", "body": "b"},
         {"external_id": "a", "title": "t\x00", "body": "b"},
+        {"external_id": "a", "title": "t\ud800", "body": "b"},
         {"external_id": 1, "title": "t", "body": "b"},
         {"external_id": "a", "title": "t"},
         {"external_id": "a", "title": "t", "body": "b", "extra": 1},

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app import create_app, uploads
+from app.api import SURROGATE_MESSAGE
 from app.errors import ServiceUnavailable, TooManyRequests, ValidationFailed
 from app.extensions import db
 from app.jobs import files
@@ -153,7 +154,7 @@ def test_bad_json_lines_are_reported_by_number_and_the_good_ones_imported(client
     result = job["result"]
     assert (result["imported"], result["invalid"], result["unlisted"]) == (3, 5, 0)
     assert [(e["line"], e["errors"]) for e in result["errors"]] == [
-        (2, {"title": ["Not valid Unicode (a lone surrogate escape)."]}),
+        (2, {"title": [SURROGATE_MESSAGE]}),
         (3, {"_line": ["Not JSON that can be read: nested too deeply."]}),
         (4, {"_line": ["Not JSON that can be read: a number with too many digits."]}),
         (6, {"_line": [f"Longer than {imports.MAX_LINE_BYTES} bytes."]}),

@@ -27,7 +27,7 @@ from marshmallow import validate
 from sqlalchemy import text
 
 from app import cache
-from app.api import StrictSchema
+from app.api import StrictSchema, text_problem
 from app.errors import TooManyRequests, ValidationFailed
 from app.extensions import db
 from app.jobs import files
@@ -58,31 +58,13 @@ SELECT count(*) FROM inserted
 """)
 
 
-def _lone_surrogate(value: str) -> bool:
-    """Whether the text holds half a surrogate pair (what a JSON escape such as "\ud800"
-    decodes to), which no UTF-8, and no PostgreSQL text, can hold. Encoding finds one
-    faster than a regex scans for it."""
-    if value.isascii():
-        return False
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _valid_unicode(value: str) -> None:
-    if _lone_surrogate(value):
-        raise ma.ValidationError("Not valid Unicode (a lone surrogate escape).")
-
-
 EXTERNAL_ID = validate.Length(min=1, max=100)
 
 
 class ImportLineSchema(StrictSchema):
-    external_id = ma.fields.String(required=True, validate=[EXTERNAL_ID, _not_blank, _valid_unicode])
-    title = ma.fields.String(required=True, validate=[TITLE, _not_blank, _valid_unicode])
-    body = ma.fields.String(required=True, validate=[BODY, _not_blank, _valid_unicode])
+    external_id = ma.fields.String(required=True, validate=[EXTERNAL_ID, _not_blank])
+    title = ma.fields.String(required=True, validate=[TITLE, _not_blank])
+    body = ma.fields.String(required=True, validate=[BODY, _not_blank])
 
 
 _LIMITS = {"external_id": EXTERNAL_ID.max, "title": TITLE.max, "body": BODY.max}
@@ -98,9 +80,7 @@ def plainly_valid(record) -> bool:
         return False
     for name, limit in _LIMITS.items():
         value = record[name]
-        if type(value) is not str or not 0 < len(value) <= limit or not value.strip() or "\x00" in value:
-            return False
-        if _lone_surrogate(value):
+        if type(value) is not str or not 0 < len(value) <= limit or not value.strip() or text_problem(value):
             return False
     return True
 
