@@ -92,8 +92,3 @@ def _take_local(limit: int) -> bool:
         _local["count"] += 1
         return True
 
-
-def in_flight() -> int:
-    """How many uploads this host is reading now (per Redis)."""
-    redis_store.client.zremrangebyscore(KEY, "-inf", time.time() - current_app.config["UPLOADS_IN_FLIGHT_TTL_SECONDS"])
-    return redis_store.client.zcard(KEY)
