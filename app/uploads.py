@@ -91,4 +91,3 @@ def _take_local(limit: int) -> bool:
             return False
         _local["count"] += 1
         return True
-
