@@ -304,11 +304,12 @@ def test_the_cap_holds_when_another_import_was_committed_meanwhile(app):
     assert (count(Job), count(JobFile), count(JobFileChunk)) == (2, 2, 2)
 
 
-def test_an_upload_that_is_not_multipart_is_refused_after_authentication(client, login, redis_client):
+def test_an_upload_that_is_not_multipart_is_refused_after_authentication_first(client, login, app, monkeypatch):
+    monkeypatch.setitem(app.config, "UPLOADS_IN_FLIGHT_MAX", 0)  # no upload slot free
     assert client.post(IMPORT, data=b"x", content_type="text/plain").status_code == 401
     response = client.post(IMPORT, data=b"x", content_type="text/plain", headers=login(UserFactory()))
-    assert response.status_code == 415 and response.mimetype == PROBLEM
-    assert redis_client.exists(uploads.KEY) == 0  # refused before it took an upload slot
+    assert response.status_code == 415 and response.mimetype == PROBLEM  # not the 503 for slots
+    assert upload(client, login(UserFactory()), jsonl(good(1))).status_code == 503
 
 
 def test_without_redis_the_upload_slots_are_counted_in_each_process(app):
