@@ -279,8 +279,8 @@ def import_posts(path: str, username: str, fmt: str | None) -> None:
     from app.posts import imports
 
     user = _cli_call(admin.find_user, username)
-    content = Path(path).read_bytes()
-    job = _cli_call(imports.start, user.id, content, Path(path).name, "", fmt, queue=False)
+    with Path(path).open("rb") as upload:
+        job = _cli_call(imports.start, user.id, upload, Path(path).name, "", fmt, queue=False)
     _run_with_bar(job, f"importing {Path(path).name}")
 
 

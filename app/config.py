@@ -187,6 +187,21 @@ def load(overrides: dict | None = None) -> dict:
         "JOB_REAPER_INTERVAL_SECONDS": _int("JOB_REAPER_INTERVAL_SECONDS", 30),
         "IMPORT_MAX_BYTES": _int("IMPORT_MAX_BYTES", 64 * 1024 * 1024),
         "IMPORT_MAX_LINES": _int("IMPORT_MAX_LINES", 100_000),
+        # -- uploads and jobs with bounded cost
+        # queued or running imports one user may have; the next upload gets 429
+        "IMPORT_MAX_UNFINISHED_PER_USER": _int("IMPORT_MAX_UNFINISHED_PER_USER", 2),
+        # uploads one web host reads at a time, counted in Redis across its processes (in
+        # each process while Redis is down); the next gets 503 before its body is read.
+        # Keep it below the host's web workers (WEB_CONCURRENCY), so others serve reads.
+        "UPLOADS_IN_FLIGHT_MAX": _int("UPLOADS_IN_FLIGHT_MAX", 2),
+        # a slot held by a process that died frees itself after this (above the longest upload)
+        "UPLOADS_IN_FLIGHT_TTL_SECONDS": _int("UPLOADS_IN_FLIGHT_TTL_SECONDS", 120),
+        # a job's result file (an export) is deleted this long after the job finished
+        "JOB_RESULT_RETENTION_DAYS": _int("JOB_RESULT_RETENTION_DAYS", 7),
+        # the most JSON a job's result (its report, shown on every poll) may hold
+        "JOB_RESULT_MAX_BYTES": _int("JOB_RESULT_MAX_BYTES", 64 * 1024),
+        "RATELIMIT_EXPORT_PER_USER": os.environ.get("RATELIMIT_EXPORT_PER_USER", "5 per hour"),
+        # -- end of uploads and jobs
         # number of proxies in front of the app whose X-Forwarded-For / -Proto to trust
         "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", 0),
         "CORS_ORIGINS": [o.strip() for o in os.environ.get("CORS_ORIGINS", "").split(",") if o.strip()],

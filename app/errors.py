@@ -22,16 +22,25 @@ QUERY_CANCELED = "57014"  # SQLSTATE of a statement stopped by statement_timeout
 
 
 class APIError(Exception):
-    """A failure a client can act on. `errors` maps a field to its messages."""
+    """A failure a client can act on. `errors` maps a field to its messages; `extra`
+    adds members to the problem (RFC 9457 extensions)."""
 
     status = 400
     title: str | None = None
 
-    def __init__(self, detail: str | None = None, *, errors: dict | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        errors: dict | None = None,
+        headers: dict | None = None,
+        extra: dict | None = None,
+    ):
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+        self.extra = extra
 
 
 class BadRequest(APIError):
@@ -54,6 +63,10 @@ class Conflict(APIError):
     status = 409
 
 
+class Gone(APIError):
+    status = 410
+
+
 class PreconditionFailed(APIError):
     status = 412
 
@@ -64,6 +77,10 @@ class UnsupportedMediaType(APIError):
 
 class ValidationFailed(APIError):
     status = 422
+
+
+class TooManyRequests(APIError):
+    status = 429
 
 
 class ServiceUnavailable(APIError):
@@ -123,7 +140,9 @@ def problem_from_http_exception(error: HTTPException):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(error: APIError):
-        return problem(error.status, error.detail, errors=error.errors, headers=error.headers, title=error.title)
+        return problem(
+            error.status, error.detail, errors=error.errors, headers=error.headers, title=error.title, extra=error.extra
+        )
 
     def _unavailable(detail: str):
         return problem(503, detail, headers={"Retry-After": str(current_app.config["RETRY_AFTER_SECONDS"])})

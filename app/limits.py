@@ -98,6 +98,7 @@ RULES = [
     ("auth.refresh", "RATELIMIT_REFRESH_PER_SESSION", _token_claim("sid"), "refresh-session"),
     ("auth.change_password", "RATELIMIT_PASSWORD_PER_USER", _token_claim("sub"), "password-user"),
     ("posts.import_posts", "RATELIMIT_IMPORT_PER_USER", _token_claim("sub"), "import-user"),
+    ("users.export_me", "RATELIMIT_EXPORT_PER_USER", _token_claim("sub"), "export-user"),
 ]
 
 

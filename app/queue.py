@@ -31,6 +31,8 @@ INVALIDATE_AUTHOR_POSTS = "worker.tasks.invalidate_author_posts"
 RUN_JOB = "worker.tasks.run_job"
 REQUEUE_STALE_JOBS = "worker.tasks.requeue_stale_jobs"
 NIGHTLY_RECOUNT = "worker.tasks.nightly_recount"
+PURGE_EXPIRED_RESULTS = "worker.tasks.purge_expired_results"
+PURGE_FAILED_UPLOADS = "worker.tasks.purge_failed_uploads"
 
 # Celery's task_routes; a task missing here goes to task_default_queue (LONG)
 ROUTES = {
@@ -42,6 +44,8 @@ ROUTES = {
     NIGHTLY_RECOUNT: {"queue": SHORT},  # it only records the job; the recount runs on LONG
     RUN_JOB: {"queue": LONG},
     PURGE_EXPIRED_REVOCATIONS: {"queue": LONG},
+    PURGE_EXPIRED_RESULTS: {"queue": LONG},
+    PURGE_FAILED_UPLOADS: {"queue": LONG},
 }
 
 BROKER_DOWN_SECONDS = 10

@@ -35,7 +35,7 @@ def main(lines: int) -> None:
         content = "\n".join(json.dumps({"external_id": e, "title": t, "body": b}) for e, t, b in rows).encode()
         try:
             started = time.perf_counter()
-            job = imports.start(user.id, content, "bench.jsonl", "", None, queue=False)
+            job = imports.start(user.id, io.BytesIO(content), "bench.jsonl", "", None, queue=False)
             status = jobs.run(job.id)
             job_seconds = time.perf_counter() - started
             assert status == "succeeded", status

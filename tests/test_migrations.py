@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import uuid
 import warnings
 
 import pytest
@@ -40,12 +42,64 @@ def tables() -> set[str]:
 def test_upgrade_downgrade_upgrade(empty_db_app):
     with empty_db_app.app_context():
         upgrade()
-        assert tables() == {"users", "posts", "follows", "sessions", "revoked_tokens", "jobs", "job_files"}
+        assert tables() == {
+            "users",
+            "posts",
+            "follows",
+            "sessions",
+            "revoked_tokens",
+            "jobs",
+            "job_files",
+            "job_file_chunks",
+        }
         downgrade(revision="base")
         assert tables() == set()
         upgrade()
-        assert tables() == {"users", "posts", "follows", "sessions", "revoked_tokens", "jobs", "job_files"}
+        assert tables() == {
+            "users",
+            "posts",
+            "follows",
+            "sessions",
+            "revoked_tokens",
+            "jobs",
+            "job_files",
+            "job_file_chunks",
+        }
         with db.engine.connect() as conn, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # alembic cannot compare expression indexes; it says so
             diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
         assert diff == []
+
+
+@pytest.mark.no_transaction
+def test_0004_moves_job_files_into_chunks_and_back(empty_db_app):
+    from sqlalchemy import text
+
+    content = random.Random(4).randbytes(2 * 1024 * 1024 + 5000)  # three chunks, the last short
+    whole, empty, purged = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with empty_db_app.app_context():
+        upgrade(revision="0003")
+        with db.engine.begin() as conn:
+            for job_id in (whole, empty, purged):
+                conn.execute(text("INSERT INTO jobs (id, kind) VALUES (:id, 'export_user')"), {"id": job_id})
+            file = "INSERT INTO job_files (job_id, role, content_type, content) VALUES (:id, :role, 'x', :content)"
+            conn.execute(text(file), {"id": whole, "role": "result", "content": content})
+            conn.execute(text(file), {"id": empty, "role": "input", "content": b""})
+        upgrade(revision="0004")
+        with db.engine.begin() as conn:
+            chunks = conn.execute(
+                text("SELECT data FROM job_file_chunks WHERE job_id = :id ORDER BY seq"), {"id": whole}
+            ).scalars()
+            assert [len(c) for c in chunks] == [1024 * 1024, 1024 * 1024, len(content) - 2 * 1024 * 1024]
+            sizes = dict(conn.execute(text("SELECT job_id, size FROM job_files")).all())
+            assert sizes == {whole: len(content), empty: 0}
+            conn.execute(
+                text(
+                    "INSERT INTO job_files (job_id, role, content_type, purged_at) VALUES (:id, 'result', 'x', now())"
+                ),
+                {"id": purged},
+            )
+        downgrade(revision="0003")
+        with db.engine.begin() as conn:
+            back = dict(conn.execute(text("SELECT job_id, content FROM job_files")).all())
+        assert back == {whole: content, empty: b""}  # a purged result has nothing to give back

@@ -94,7 +94,9 @@ def test_an_invalidation_is_done_while_a_long_import_is_still_running(app, commi
         short.wait_ready(), long.wait_ready()
         with app.app_context():
             author_id = UserFactory().id
-            job_id = imports.start(author_id, _import_file(20, 100), "posts.jsonl", "", None, queue=False).id
+            job_id = imports.start(
+                author_id, io.BytesIO(_import_file(20, 100)), "posts.jsonl", "", None, queue=False
+            ).id
             # the import's INSERT checks the author's row (FOR KEY SHARE): it waits on this
             holder = db.engine.connect()
             holder.execute(text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": author_id})

@@ -78,6 +78,14 @@ def make_celery(flask_app: Flask) -> Celery:
                 "task": queue.PURGE_EXPIRED_REVOCATIONS,
                 "schedule": crontab(minute=15),
             },
+            "purge-expired-job-results": {
+                "task": queue.PURGE_EXPIRED_RESULTS,
+                "schedule": crontab(minute=40),
+            },
+            "purge-failed-import-uploads": {
+                "task": queue.PURGE_FAILED_UPLOADS,
+                "schedule": crontab(minute=45),
+            },
         },
     )
     flask_app.extensions["celery"] = celery

@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from app import cache, queue
 from app.auth import revocation
+from app.jobs import files as job_files
 from app.jobs import service as jobs
 from app.users import service as users
 
@@ -72,6 +73,22 @@ def run_job(job_id: str) -> str | None:
 def requeue_stale_jobs() -> int:
     """Queue again the jobs whose worker died or whose message was lost."""
     return jobs.requeue_stale()
+
+
+@shared_task(name=queue.PURGE_EXPIRED_RESULTS, **RETRY)
+def purge_expired_results() -> int:
+    """Hourly: delete result files (exports) past their retention; their jobs stay."""
+    purged = job_files.purge_expired_results()
+    log.info("expired job results purged", extra={"files": purged})
+    return purged
+
+
+@shared_task(name=queue.PURGE_FAILED_UPLOADS, **RETRY)
+def purge_failed_uploads() -> int:
+    """Hourly: delete the uploads of imports that failed."""
+    purged = job_files.purge_failed_uploads()
+    log.info("uploads of failed imports purged", extra={"files": purged})
+    return purged
 
 
 @shared_task(name=queue.NIGHTLY_RECOUNT, **RETRY)

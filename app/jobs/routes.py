@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Response, url_for
+from flask import Response, stream_with_context, url_for
 
 from app.api import ApiBlueprint, PageArgsSchema, page_of
 from app.auth.tokens import current_user, current_user_id
-from app.jobs import service
+from app.jobs import files, service
 from app.jobs.schemas import JobSchema
 
 blp = ApiBlueprint("jobs", __name__, url_prefix="/jobs", description="Background jobs: imports, exports, recounts")
@@ -43,11 +43,16 @@ def get_job(job_id):
 @blp.response(200, content_type="application/json", description="the job's result document")
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(410, response="GONE")
 def get_result(job_id):
-    """Download what a finished job made (an export). Owner only."""
+    """Download what a finished job made (an export). Owner only; kept for
+    JOB_RESULT_RETENTION_DAYS after the job finished, 410 afterwards."""
     file = service.result_of(current_user, job_id)
     return Response(
-        file.content,
+        stream_with_context(files.chunks(file.job_id, file.role)),
         mimetype=file.content_type,
-        headers={"Content-Disposition": f'attachment; filename="{file.filename}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="{file.filename}"',
+            "Content-Length": str(file.size),
+        },
     )

@@ -9,6 +9,7 @@ it, and a batch is never applied twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -20,8 +21,9 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from app import queue
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, Gone, NotFound
 from app.extensions import db
+from app.jobs.files import FileWriter
 from app.models import Job, JobFile, JobKind, JobStatus, User
 from app.pagination import Page, keyset_page
 
@@ -34,22 +36,66 @@ class LostClaim(Exception):
     """Another worker has taken this job over; stop without writing."""
 
 
+class JobFailed(Exception):
+    """A job cannot go on, for a reason its owner may read (the message says it plainly).
+    Any other exception fails the job with a generic message; only the log has details."""
+
+
+INTERNAL_ERROR = {"detail": "The job stopped on an internal error. Start it again; if it fails again, report its id."}
+UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
 # -- creating and reading -------------------------------------------------------------
 
 
-def create(
-    kind: JobKind, owner_id: int | None, *, params: dict | None = None, upload: dict | None = None, queue: bool = True
-) -> Job:
-    """Record a queued job (and its input file), commit, then hand it to a worker
-    (unless `queue` is false: the CLI runs it in its own process)."""
+def create(kind: JobKind, owner_id: int | None, *, params: dict | None = None, queue: bool = True) -> Job:
+    """Record a queued job, commit, then hand it to a worker (unless `queue` is false:
+    the CLI runs it in its own process)."""
+    return submit(new(kind, owner_id, params=params), queue=queue)
+
+
+def create_single(kind: JobKind, owner_id: int, *, what: str) -> Job:
+    """Record and queue a job unless the owner has one of this kind queued or running
+    (409 naming it: that one will give them what they asked for)."""
+    job = new(kind, owner_id)
+    if running := unfinished(owner_id, kind, lock=True, besides=job.id):
+        db.session.rollback()
+        raise Conflict(
+            f"Your {what} {running[0]} is still queued or running; follow it, or start another when it has finished.",
+            extra={"job": str(running[0])},
+        )
+    return submit(job)
+
+
+def new(kind: JobKind, owner_id: int | None, *, params: dict | None = None) -> Job:
+    """A queued job in the session, not yet committed: its input file may follow."""
     job = Job(id=uuid.uuid4(), kind=kind.value, owner_id=owner_id, params=params or {})
     db.session.add(job)
-    if upload:
-        db.session.add(JobFile(job_id=job.id, role="input", **upload))
+    db.session.flush()
+    return job
+
+
+def submit(job: Job, *, queue: bool = True) -> Job:
+    """Commit the job (and whatever came with it), then queue it."""
     db.session.commit()
     if queue:
         enqueue(job.id)
     return job
+
+
+def unfinished(owner_id: int, kind: JobKind, *, lock: bool = False, besides: uuid.UUID | None = None) -> list:
+    """Ids of the owner's queued or running jobs of one kind, oldest first.
+
+    With `lock`, first take a lock on (owner, kind) until the transaction ends: two
+    requests then cannot both find room for one more job. `besides` leaves one out (the
+    job the caller is about to commit).
+    """
+    if lock:
+        db.session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(f"jobs:{kind}:{owner_id}", 0))))
+    stmt = select(Job.id).where(Job.owner_id == owner_id, Job.kind == kind.value, Job.status.in_(UNFINISHED))
+    if besides is not None:
+        stmt = stmt.where(Job.id != besides)
+    return list(db.session.scalars(stmt.order_by(Job.created_at, Job.id)))
 
 
 def enqueue(job_id: uuid.UUID) -> None:
@@ -80,6 +126,12 @@ def result_of(actor: User, job_id: uuid.UUID) -> JobFile:
     file = db.session.get(JobFile, (job_id, "result"))
     if file is None:
         raise NotFound("This job has no downloadable result.")
+    if file.purged_at is not None:
+        raise Gone(
+            f"This result was deleted on {file.purged_at.date().isoformat()}: a result is kept "
+            f"{current_app.config['JOB_RESULT_RETENTION_DAYS']} days, or until a newer one of the same kind "
+            "is made. Start the job again for a new one."
+        )
     return file
 
 
@@ -97,7 +149,7 @@ class Tracker:
 
     def checkpoint(self, done: int, total: int | None = None) -> None:
         """Write progress and state in the caller's transaction, then commit both."""
-        values = {"progress_done": done, "heartbeat_at": func.now(), "result": self.state}
+        values = {"progress_done": done, "heartbeat_at": func.now(), "result": bounded(self.state)}
         if total is not None:
             values["progress_total"] = total
         claimed = db.session.execute(
@@ -110,10 +162,26 @@ class Tracker:
         if self.on_progress:
             self.on_progress(done, total if total is not None else self.job.progress_total)
 
-    def save_file(self, content: bytes, content_type: str, filename: str) -> None:
-        db.session.merge(
-            JobFile(job_id=self.job.id, role="result", content=content, content_type=content_type, filename=filename)
-        )
+    def result_file(self, content_type: str, filename: str) -> FileWriter:
+        """The job's downloadable result, written chunk by chunk (an earlier attempt's
+        chunks are dropped); each checkpoint commits what has been written so far."""
+        return FileWriter(self.job.id, "result", content_type, filename)
+
+
+def bounded(state: dict) -> dict:
+    """The state as stored and shown on every poll: at most JOB_RESULT_MAX_BYTES of
+    JSON. Runners keep their reports small; should one not, its lists and objects are
+    dropped (the counts stay) rather than grow every poll of the job."""
+    limit = current_app.config["JOB_RESULT_MAX_BYTES"]
+    if len(json.dumps(state, default=str)) <= limit:
+        return state
+    log.warning("job state over %d bytes; keeping its counts only", limit)
+    kept = {k: v for k, v in state.items() if _scalar(v)}
+    return {**kept, "truncated": True}
+
+
+def _scalar(value) -> bool:
+    return isinstance(value, int | float | bool) or (isinstance(value, str) and len(value) < 200)
 
 
 def _stale_after() -> timedelta:
@@ -162,10 +230,15 @@ def run(job_id: uuid.UUID, on_progress: Progress | None = None) -> str | None:
         db.session.rollback()
         _release(tracker)  # a transient database failure: let the retry claim it again
         raise
-    except Exception as exc:
+    except JobFailed as exc:
         db.session.rollback()
-        log.exception("job %s failed", job_id)
-        _finish(tracker, JobStatus.FAILED, error={"type": type(exc).__name__, "detail": str(exc)[:2000]})
+        log.warning("job %s failed: %s", job_id, exc)
+        _finish(tracker, JobStatus.FAILED, error={"detail": str(exc)[:500]})
+        return JobStatus.FAILED.value
+    except Exception:
+        db.session.rollback()
+        log.exception("job %s failed", job_id)  # the details stay in the log: they may quote input
+        _finish(tracker, JobStatus.FAILED, error=INTERNAL_ERROR)
         return JobStatus.FAILED.value
     _finish(tracker, JobStatus.SUCCEEDED)
     return JobStatus.SUCCEEDED.value
@@ -175,7 +248,9 @@ def _finish(tracker: Tracker, status: JobStatus, error: dict | None = None) -> N
     db.session.execute(
         update(Job)
         .where(Job.id == tracker.job.id, Job.attempt == tracker.attempt)
-        .values(status=status, result=tracker.state, error=error, finished_at=func.now(), heartbeat_at=func.now())
+        .values(
+            status=status, result=bounded(tracker.state), error=error, finished_at=func.now(), heartbeat_at=func.now()
+        )
     )
     db.session.commit()
 

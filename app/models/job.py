@@ -6,7 +6,18 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, String, Uuid, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    LargeBinary,
+    String,
+    Uuid,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -53,11 +64,23 @@ class Job(db.Model):
         CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
         Index("ix_jobs_owner_created", "owner_id", text("created_at DESC"), text("id DESC")),
         Index("ix_jobs_unfinished", "status", "heartbeat_at", postgresql_where=text("status IN ('queued', 'running')")),
+        # how many imports (or exports) a user has waiting: checked before each upload
+        Index(
+            "ix_jobs_owner_unfinished",
+            "owner_id",
+            "kind",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
     )
 
 
 class JobFile(db.Model):
-    """A job's input upload or its downloadable result, kept apart from the job row."""
+    """A job's input upload or its downloadable result, kept apart from the job row.
+
+    The bytes are in JobFileChunk rows, so neither the web process that writes an upload
+    nor the worker that reads it ever holds the whole file. A result whose retention has
+    passed keeps this row (its download answers 410) and loses its chunks.
+    """
 
     __tablename__ = "job_files"
 
@@ -65,6 +88,22 @@ class JobFile(db.Model):
     role: Mapped[str] = mapped_column(String(8), primary_key=True)
     filename: Mapped[str] = mapped_column(String(255), server_default="")
     content_type: Mapped[str] = mapped_column(String(100))
-    content: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    purged_at: Mapped[datetime | None] = mapped_column(TZ)
 
     __table_args__ = (CheckConstraint("role IN ('input', 'result')", name="role"),)
+
+
+class JobFileChunk(db.Model):
+    """One piece of a job file, in order of `seq` from 0."""
+
+    __tablename__ = "job_file_chunks"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    role: Mapped[str] = mapped_column(String(8), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        ForeignKeyConstraint(["job_id", "role"], ["job_files.job_id", "job_files.role"], ondelete="CASCADE"),
+    )

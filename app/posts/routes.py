@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Response, request, url_for
+import functools
 
+from flask import Response, current_app, request, url_for
+
+from app import uploads
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
 from app.auth.tokens import account_gone, current_user, token_user_id
+from app.errors import UnsupportedMediaType
 from app.jobs.routes import JOB_LOCATION, accepted
 from app.jobs.schemas import ImportFileSchema, ImportFormSchema, JobSchema
 from app.posts import imports, service
@@ -76,9 +80,29 @@ def delete_post(post_id):
     service.delete_post(post_id, current_user, request.if_match)
 
 
+def _before_the_body(view):
+    """The refusals an upload gets before a byte of its body is read (after
+    authentication): the media type, the host's uploads in flight, the user's unfinished
+    imports. The view's arguments, below this, are what read the body."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        request.max_content_length = current_app.config["IMPORT_MAX_BYTES"]
+        if request.mimetype != "multipart/form-data":
+            raise UnsupportedMediaType("Upload the file as multipart/form-data.")
+        # the slot first: a Redis round trip; refused while every upload worker is busy,
+        # it frees its web worker soonest
+        with uploads.slot():
+            imports.before_upload(current_user.id)
+            return view(*args, **kwargs)
+
+    return guarded
+
+
 @blp.route("/posts/import", methods=["POST"])
-@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py, and unfinished imports
 @blp.login_required()
+@_before_the_body
 @blp.arguments(ImportFileSchema, location="files")
 @blp.arguments(ImportFormSchema, location="form")
 @blp.response(202, JobSchema, headers=JOB_LOCATION)
@@ -89,12 +113,12 @@ def import_posts(files, form):
     """Import my posts from a JSON Lines or CSV file (up to 100,000 lines) as a job.
 
     Each line needs external_id, title and body; a line whose external_id I already
-    used is skipped, so sending a file twice imports it once."""
+    used is skipped, so sending a file twice imports it once. At most
+    IMPORT_MAX_UNFINISHED_PER_USER of my imports may be queued or running (429 names
+    them); 503 when the server is taking in as many uploads as it allows at once."""
     upload = files["file"]
-    job = imports.start(
-        current_user.id, upload.read(), upload.filename or "", upload.mimetype or "", form.get("format")
-    )
-    return accepted(job)
+    filename, media_type = upload.filename or "", upload.mimetype or ""
+    return accepted(imports.start(current_user.id, upload.stream, filename, media_type, form.get("format")))
 
 
 @blp.route("/feed")

@@ -57,12 +57,15 @@ def update_me(changes):
 
 
 @blp.route("/me/export", methods=["POST"])
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
 @blp.login_required()
 @blp.response(202, JobSchema, headers=JOB_LOCATION)
+@blp.alt_response(409, response="CONFLICT")
 def export_me():
     """Build a JSON document of my profile, posts, followers and following, as a job;
-    download it from /jobs/{id}/result when the job has succeeded."""
-    return accepted(jobs.create(JobKind.EXPORT_USER, current_user.id))
+    download it from /jobs/{id}/result when the job has succeeded. One at a time: while
+    one is queued or running, another answers 409 naming it."""
+    return accepted(jobs.create_single(JobKind.EXPORT_USER, current_user.id, what="export"))
 
 
 @blp.route("/<id:user_id>")
