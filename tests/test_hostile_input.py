@@ -22,7 +22,7 @@ from app import create_app
 from app.api import StrictSchema, text_errors
 from app.extensions import db
 from app.logs import configure_logging
-from tests.factories import PASSWORD, AdminFactory, PostFactory, UserFactory
+from tests.support.factories import PASSWORD, AdminFactory, PostFactory, UserFactory
 
 SURROGATE = "\ud800"
 SURROGATE_KEY = "\\ud800"  # how the error body names a field whose name holds one
@@ -548,7 +548,7 @@ def _raw_http(port: int, request: bytes) -> tuple[int, str, bytes]:
 
 @pytest.mark.no_transaction  # a real gunicorn (the Procfile's web process) reads the data
 def test_gunicorn_answers_long_request_lines_and_headers_itself_as_documented(app, test_db_url, tmp_path):
-    from tests.processes import Web, service_env
+    from tests.support.processes import Web, service_env
 
     web = Web(service_env(app, test_db_url), tmp_path / "web.log").wait_ready()
     try:

@@ -14,7 +14,7 @@ from app import queue
 from app.extensions import db
 from app.jobs import service as jobs
 from app.models import Job, JobKind, Post, User
-from tests.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
+from tests.support.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
 
 IMPORT = "/api/v1/posts/import"
 

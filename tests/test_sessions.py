@@ -11,9 +11,9 @@ from app import queue
 from app.auth import revocation
 from app.extensions import RedisStore, db
 from app.models import AuthSession, RevokedToken, User
-from tests.conftest import redis_calls
-from tests.factories import PASSWORD, FollowFactory, PostFactory, UserFactory
-from tests.redis_server import RedisServer
+from tests.support.counting import redis_calls
+from tests.support.factories import PASSWORD, FollowFactory, PostFactory, UserFactory
+from tests.support.redis_server import RedisServer
 
 AUTH = "/api/v1/auth"
 ME = "/api/v1/users/me"

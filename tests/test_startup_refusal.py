@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REFUSAL = "postboard: refusing to start: "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import Web, service_env
+from tests.support.processes import Web, service_env
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "walkthrough.sh"
 

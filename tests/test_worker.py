@@ -16,9 +16,9 @@ from app.jobs import service as jobs
 from app.models import Job, Post, User
 from app.posts import imports
 from app.users.service import recount_counters
-from tests.conftest import open_session
-from tests.factories import FollowFactory, PostFactory, UserFactory
-from tests.processes import Worker, service_env
+from tests.support.factories import FollowFactory, PostFactory, UserFactory
+from tests.support.processes import Worker, service_env
+from tests.support.sessions import open_session
 
 
 def test_recount_fixes_drifted_counters_and_reports_them():
@@ -183,7 +183,7 @@ def test_a_new_display_name_reaches_every_cached_post_within_two_seconds(app, co
 
 def test_revocation_tasks_rebuild_sync_and_purge(client, redis_client):
     from app.auth import revocation
-    from tests.conftest import open_session
+    from tests.support.sessions import open_session
     from worker.tasks import purge_expired_revocations, rebuild_revocation_mirror, sync_revocation_mirror
 
     tokens = open_session(UserFactory())

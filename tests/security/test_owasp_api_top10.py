@@ -14,9 +14,16 @@ import pytest
 from app import create_app
 from app.extensions import db
 from app.models import Post, User
-from tests.conftest import open_session
-from tests.factories import PASSWORD, PUBLIC_PROFILE_FIELDS, AdminFactory, FollowFactory, PostFactory, UserFactory
-from tests.redis_server import RedisServer
+from tests.support.factories import (
+    PASSWORD,
+    PUBLIC_PROFILE_FIELDS,
+    AdminFactory,
+    FollowFactory,
+    PostFactory,
+    UserFactory,
+)
+from tests.support.redis_server import RedisServer
+from tests.support.sessions import open_session
 
 API = "/api/v1"
 
