@@ -1,11 +1,11 @@
 """No 5xx from anything a client sends.
 
 Every operation that takes a JSON body, a query string or form fields is found in the
-app's own OpenAPI document (test_api9 in tests/security checks that it lists every
-served route), so a new endpoint is covered without touching this file. Each gets every
-hostile shape, without a token (401 where one is needed, before the body is looked at)
-and with one (400 for a body that cannot be parsed, 422 naming the field for a bad
-value), and nothing may be written.
+app's own OpenAPI document (test_api9 in tests/api/test_owasp_api_top10.py checks that
+it lists every served route), so a new endpoint is covered without touching this file.
+Each gets every hostile shape, without a token (401 where one is needed, before the
+body is looked at) and with one (400 for a body that cannot be parsed, 422 naming the
+field for a bad value), and nothing may be written.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Jobs: imports, exports and recounts through the API and the CLI, run inline here
-(tests/test_worker.py runs them in real worker processes)."""
+(tests/system/test_worker.py runs them in real worker processes)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.processes import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REFUSAL = "postboard: refusing to start: "
 COMMANDS = {
     "web": ["-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
