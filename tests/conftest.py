@@ -5,11 +5,18 @@ The servers are the ones in DATABASE_URL / REDIS_URL (the embedded ones under
 instance/ when `make test` started them). Tests use their own database, `<name>_test`
 (or TEST_DATABASE_URL), created afresh each session, and Redis database 15 (or
 TEST_REDIS_URL), so a developer's data is never touched.
+
+Each test is marked with the folder it sits in: `unit` (functions called directly),
+`api` (the app driven through the Flask test client) or `system` (gunicorn, Celery
+workers, honcho, PgBouncer or servers of its own started as processes). A test in
+another folder that starts such a process is marked `system` by hand, so
+`pytest -m "not system"` needs only the PostgreSQL and Redis already running.
 """
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 from flask_migrate import upgrade
@@ -133,5 +140,16 @@ def login():
     return headers_for
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "no_transaction: the test manages its own data and commits")
+TESTS = Path(__file__).parent
+KINDS = ("unit", "api", "system")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` picks tests by their markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if not item.path.is_relative_to(TESTS):
+            continue
+        kind = item.path.relative_to(TESTS).parts[0]
+        if kind not in KINDS:
+            raise pytest.UsageError(f"{item.nodeid}: test modules go in tests/unit, tests/api or tests/system")
+        item.add_marker(kind)

@@ -385,6 +385,7 @@ def cache_redis(app, monkeypatch):
     server.cleanup()
 
 
+@pytest.mark.system  # starts and stops a Redis server of its own
 def test_cache_redis_down_reads_from_postgres_and_writes_succeed(client, login, cache_redis):
     user = UserFactory(display_name="Before")
     headers = login(user)

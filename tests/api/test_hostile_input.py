@@ -494,6 +494,7 @@ def _raw_http(port: int, request: bytes) -> tuple[int, str, bytes]:
     return int(status_line.split()[1]), headers.get("Content-Type", ""), body
 
 
+@pytest.mark.system  # starts gunicorn
 @pytest.mark.no_transaction  # a real gunicorn (the Procfile's web process) reads the data
 def test_gunicorn_answers_long_request_lines_and_headers_itself_as_documented(app, test_db_url, tmp_path):
     from tests.support.processes import Web, service_env
