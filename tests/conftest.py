@@ -5,65 +5,42 @@ The servers are the ones in DATABASE_URL / REDIS_URL (the embedded ones under
 instance/ when `make test` started them). Tests use their own database, `<name>_test`
 (or TEST_DATABASE_URL), created afresh each session, and Redis database 15 (or
 TEST_REDIS_URL), so a developer's data is never touched.
+
+Each test is marked with the folder it sits in: `unit` (functions called directly),
+`api` (the app driven through the Flask test client) or `system` (gunicorn, Celery
+workers, honcho, PgBouncer or servers of its own started as processes). A test in
+another folder that starts such a process is marked `system` by hand, so
+`pytest -m "not system"` needs only the PostgreSQL and Redis already running.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+from pathlib import Path
 
 import pytest
 from flask_migrate import upgrade
 from flask_sqlalchemy.session import _app_ctx_id
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, text
 from sqlalchemy.orm import scoped_session, sessionmaker
 
 from app import create_app
-from app.config import database_url
 from app.extensions import db, redis_store
-
-
-def _test_database_url():
-    if os.environ.get("TEST_DATABASE_URL"):
-        return make_url(database_url(os.environ["TEST_DATABASE_URL"]))
-    base = make_url(database_url(os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postboard")))
-    return base.set(database=f"{base.database}_test")
-
-
-def _test_redis_url() -> str:
-    if os.environ.get("TEST_REDIS_URL"):
-        return os.environ["TEST_REDIS_URL"]
-    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    return base.rsplit("/", 1)[0] + "/15" if base.count("/") >= 3 else base.rstrip("/") + "/15"
-
-
-def recreate_database(url) -> None:
-    """Drop and create the database named in `url`, via the server's `postgres` database."""
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{url.database}"'))
-    admin.dispose()
-
-
-def drop_database(url) -> None:
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    admin.dispose()
+from tests.support.counting import QueryCounter
+from tests.support.databases import database_url_for_tests, recreate_database, redis_url_for_tests
+from tests.support.sessions import open_session
 
 
 @pytest.fixture(scope="session")
 def test_db_url():
-    url = _test_database_url()
+    url = database_url_for_tests()
     recreate_database(url)
     return url
 
 
 @pytest.fixture(scope="session")
 def app(test_db_url):
-    redis_url = _test_redis_url()
+    redis_url = redis_url_for_tests()
     app = create_app(
         {
             "APP_ENV": "test",
@@ -137,19 +114,6 @@ def redis_client(app):
     return client
 
 
-class QueryCounter:
-    def __init__(self):
-        self.statements: list[str] = []
-
-    def __call__(self, _conn, _cursor, statement, *_args):
-        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
-            self.statements.append(statement)
-
-    @property
-    def count(self) -> int:
-        return len(self.statements)
-
-
 @pytest.fixture
 def count_queries(app):
     """`with count_queries() as q: ...; q.count` counts the SQL statements sent."""
@@ -166,34 +130,6 @@ def count_queries(app):
     return counting
 
 
-def open_session(user) -> dict:
-    """A session for `user` and its token pair, without the cost of a login request."""
-    import uuid
-    from datetime import UTC, datetime
-
-    from app.auth.tokens import issue_tokens
-    from app.models import AuthSession
-
-    session = AuthSession(
-        id=uuid.uuid4(), user_id=user.id, expires_at=datetime.now(UTC) + app_config("JWT_REFRESH_TOKEN_EXPIRES")
-    )
-    db.session.add(session)
-    tokens = issue_tokens(user, session)
-    db.session.commit()
-    return tokens
-
-
-def redis_calls(redis_client, command: str) -> int:
-    """How many times the Redis server has run `command` so far (INFO commandstats)."""
-    return redis_client.info("commandstats").get(f"cmdstat_{command.lower()}", {}).get("calls", 0)
-
-
-def app_config(key):
-    from flask import current_app
-
-    return current_app.config[key]
-
-
 @pytest.fixture
 def login():
     """Bearer headers for a user (a fresh session each call)."""
@@ -204,5 +140,16 @@ def login():
     return headers_for
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "no_transaction: the test manages its own data and commits")
+TESTS = Path(__file__).parent
+KINDS = ("unit", "api", "system")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` picks tests by their markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if not item.path.is_relative_to(TESTS):
+            continue
+        kind = item.path.relative_to(TESTS).parts[0]
+        if kind not in KINDS:
+            raise pytest.UsageError(f"{item.nodeid}: test modules go in tests/unit, tests/api or tests/system")
+        item.add_marker(kind)

@@ -11,9 +11,10 @@ import pytest
 from app import cache, create_app
 from app.extensions import RedisStore
 from app.local_copies import LocalCopies
-from tests.conftest import open_session, redis_calls
-from tests.factories import PUBLIC_PROFILE_FIELDS, AdminFactory, PostFactory, UserFactory
-from tests.redis_server import RedisServer
+from tests.support.counting import redis_calls
+from tests.support.factories import PUBLIC_PROFILE_FIELDS, AdminFactory, PostFactory, UserFactory
+from tests.support.redis_server import RedisServer
+from tests.support.sessions import open_session
 
 USERS = "/api/v1/users"
 POSTS = "/api/v1/posts"
@@ -222,7 +223,7 @@ def test_the_cached_first_feed_page_follows_every_write_at_once(client, login, r
     so does each change to a followed author's posts (created, deleted, imported; the
     author deactivated or reactivated). Pages of 2, so a stale entry shows."""
     from app.jobs import service as jobs
-    from tests.factories import FollowFactory
+    from tests.support.factories import FollowFactory
 
     reader = UserFactory()
     older = PostFactory.create_batch(2, author=UserFactory())
@@ -384,6 +385,7 @@ def cache_redis(app, monkeypatch):
     server.cleanup()
 
 
+@pytest.mark.system  # starts and stops a Redis server of its own
 def test_cache_redis_down_reads_from_postgres_and_writes_succeed(client, login, cache_redis):
     user = UserFactory(display_name="Before")
     headers = login(user)

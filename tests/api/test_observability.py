@@ -18,8 +18,8 @@ from werkzeug.serving import make_server
 from app import create_app, queue
 from app.extensions import db
 from app.logs import configure_logging
-from tests.conftest import open_session
-from tests.factories import PostFactory, UserFactory
+from tests.support.factories import PostFactory, UserFactory
+from tests.support.sessions import open_session
 
 
 def test_metrics_are_off_without_a_token_and_need_it_when_on(app, client, monkeypatch):

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from app.extensions import db, statement_timeout
 from app.models import Post, User
-from tests.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
+from tests.support.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
 
 POSTS = "/api/v1/posts"
 

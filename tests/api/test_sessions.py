@@ -11,9 +11,9 @@ from app import queue
 from app.auth import revocation
 from app.extensions import RedisStore, db
 from app.models import AuthSession, RevokedToken, User
-from tests.conftest import redis_calls
-from tests.factories import PASSWORD, FollowFactory, PostFactory, UserFactory
-from tests.redis_server import RedisServer
+from tests.support.counting import redis_calls
+from tests.support.factories import PASSWORD, FollowFactory, PostFactory, UserFactory
+from tests.support.redis_server import RedisServer
 
 AUTH = "/api/v1/auth"
 ME = "/api/v1/users/me"
@@ -219,6 +219,7 @@ def own_redis(app, monkeypatch):
     server.cleanup()
 
 
+@pytest.mark.system  # starts and stops a Redis server of its own
 def test_redis_down_never_locks_out_and_never_lets_a_revoked_token_in(client, alice, own_redis):
     revocation.rebuild_mirror()
     kept, ended = log_in(client, "alice"), log_in(client, "alice")
@@ -232,6 +233,7 @@ def test_redis_down_never_locks_out_and_never_lets_a_revoked_token_in(client, al
     assert client.post(f"{AUTH}/login", json={"login": "alice", "password": PASSWORD}).status_code == 200
 
 
+@pytest.mark.system  # starts and stops a Redis server of its own
 def test_redis_restarted_with_old_data_does_not_forget_revocations_made_while_down(client, alice, own_redis):
     revocation.rebuild_mirror()
     pair = log_in(client, "alice")
@@ -244,6 +246,7 @@ def test_redis_restarted_with_old_data_does_not_forget_revocations_made_while_do
     assert client.get(ME, headers=bearer(pair["access_token"])).status_code == 401
 
 
+@pytest.mark.system  # starts and stops a Redis server of its own
 def test_redis_restarted_empty_does_not_forget_revocations(client, alice, own_redis):
     revocation.rebuild_mirror()
     pair = log_in(client, "alice")
@@ -263,6 +266,7 @@ def test_sync_and_purge(client, alice, redis_client):
     assert revocation.purge_expired() == {"revoked_tokens": 1, "sessions": 1}
 
 
+@pytest.mark.system  # starts and stops a Redis server of its own
 def test_a_revocation_made_while_redis_was_down_holds_after_a_quiet_restart(client, alice, own_redis):
     """No request reaches the process while Redis is down: the restart raises no error
     here (redis-py reconnects quietly), and the check must still notice it."""

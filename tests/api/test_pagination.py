@@ -8,7 +8,7 @@ import pytest
 
 from app.errors import ValidationFailed
 from app.pagination import decode_cursor, encode_cursor
-from tests.factories import FollowFactory, PostFactory, UserFactory
+from tests.support.factories import FollowFactory, PostFactory, UserFactory
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

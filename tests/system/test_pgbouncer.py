@@ -21,8 +21,8 @@ from app import create_app
 from app.config import engine_options
 from app.extensions import db
 from app.jobs import service as jobs
-from tests.factories import PASSWORD
-from tests.processes import free_port
+from tests.support.factories import PASSWORD
+from tests.support.processes import free_port
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 pytestmark = pytest.mark.skipif(not os.path.exists(PGBOUNCER), reason="pgbouncer is not installed")

@@ -7,7 +7,7 @@ import pytest
 from app import cache
 from app.extensions import db
 from app.models import User
-from tests.factories import FollowFactory, PostFactory, UserFactory
+from tests.support.factories import FollowFactory, PostFactory, UserFactory
 
 
 def queries_for(client, count_queries, url, headers, expect_items: int) -> int:

@@ -18,7 +18,7 @@ from app.config import ConfigError
 PUBLISHED_DEV_SECRET = "dev-only-insecure-secret-change-me-0000000000"
 STRONG_A = secrets.token_urlsafe(40)
 STRONG_B = secrets.token_urlsafe(40)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """No 5xx from anything a client sends.
 
 Every operation that takes a JSON body, a query string or form fields is found in the
-app's own OpenAPI document (test_api9 in tests/security checks that it lists every
-served route), so a new endpoint is covered without touching this file. Each gets every
-hostile shape, without a token (401 where one is needed, before the body is looked at)
-and with one (400 for a body that cannot be parsed, 422 naming the field for a bad
-value), and nothing may be written.
+app's own OpenAPI document (test_api9 in tests/api/test_owasp_api_top10.py checks that
+it lists every served route), so a new endpoint is covered without touching this file.
+Each gets every hostile shape, without a token (401 where one is needed, before the
+body is looked at) and with one (400 for a body that cannot be parsed, 422 naming the
+field for a bad value), and nothing may be written.
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ import json
 import logging
 import re
 
-import marshmallow as ma
 import pytest
 from sqlalchemy import func, select
 
 from app import create_app
-from app.api import StrictSchema, text_errors
 from app.extensions import db
 from app.logs import configure_logging
-from tests.factories import PASSWORD, AdminFactory, PostFactory, UserFactory
+from tests.support.factories import PASSWORD, AdminFactory, PostFactory, UserFactory
 
 SURROGATE = "\ud800"
 SURROGATE_KEY = "\\ud800"  # how the error body names a field whose name holds one
@@ -421,56 +419,6 @@ def test_hostile_form_fields_are_4xx_naming_the_field(client, world, op):
     assert _row_counts() == before
 
 
-# -- StrictSchema at any depth -----------------------------------------------------------
-
-
-class _Inner(StrictSchema):
-    name = ma.fields.String()
-    tags = ma.fields.List(ma.fields.String())
-
-
-class _Outer(StrictSchema):
-    title = ma.fields.String()
-    inner = ma.fields.Nested(_Inner)
-    items = ma.fields.List(ma.fields.Nested(_Inner))
-    extra = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Raw())
-
-
-@pytest.mark.parametrize(
-    ("data", "path", "says"),
-    [
-        ({"inner": {"name": "a\ud800"}}, ("inner", "name"), "surrogate"),
-        ({"inner": {"tags": ["ok", "\udc00"]}}, ("inner", "tags", 1), "surrogate"),
-        ({"items": [{"name": "ok"}, {"tags": ["\x00"]}]}, ("items", 1, "tags", 0), "NUL"),
-        ({"extra": {"deep": {"\ud800key": 1}}}, ("extra", "deep", "\\ud800key"), "surrogate"),
-        ({"extra": {"a\x00": 1}}, ("extra", "a\x00"), "NUL"),
-    ],
-)
-def test_strict_schema_names_the_field_at_any_depth(data, path, says):
-    with pytest.raises(ma.ValidationError) as caught:
-        _Outer().load(data)
-    where = caught.value.messages
-    for step in path:
-        where = where[step]
-    assert says in where[0]
-
-
-def test_strict_schema_passes_clean_nested_data_and_valid_pairs():
-    data = {"title": "caf\u00e9 \U0001f600", "inner": {"name": "n", "tags": ["a"]}, "extra": {"k": [{"x": "y"}]}}
-    assert _Outer().load(data) == data
-
-
-def test_the_scan_is_a_loop_so_depth_cannot_overflow_it():
-    deep: list = ["\ud800"]
-    for _ in range(10_000):  # far past the recursion limit
-        deep = [deep]
-    errors = text_errors({"a": deep})
-    where = errors["a"]
-    for _ in range(10_000):
-        where = where[0]
-    assert "surrogate" in where[0][0]
-
-
 # -- logs --------------------------------------------------------------------------------
 
 FORGED = "/api/v1/x%0a2026-01-01 INFO app.request [forged] GET /admin 200%0d%1b[2J"
@@ -546,9 +494,10 @@ def _raw_http(port: int, request: bytes) -> tuple[int, str, bytes]:
     return int(status_line.split()[1]), headers.get("Content-Type", ""), body
 
 
+@pytest.mark.system  # starts gunicorn
 @pytest.mark.no_transaction  # a real gunicorn (the Procfile's web process) reads the data
 def test_gunicorn_answers_long_request_lines_and_headers_itself_as_documented(app, test_db_url, tmp_path):
-    from tests.processes import Web, service_env
+    from tests.support.processes import Web, service_env
 
     web = Web(service_env(app, test_db_url), tmp_path / "web.log").wait_ready()
     try:

@@ -6,7 +6,7 @@ import pytest
 
 from app.extensions import db
 from app.models import Follow, User
-from tests.factories import PUBLIC_PROFILE_FIELDS, FollowFactory, PostFactory, UserFactory
+from tests.support.factories import PUBLIC_PROFILE_FIELDS, FollowFactory, PostFactory, UserFactory
 
 USERS = "/api/v1/users"
 

@@ -15,10 +15,10 @@ import pytest
 import redis
 
 from app import cache
-from tests.factories import PASSWORD
-from tests.processes import Web, Worker, free_port, http, service_env
+from tests.support.factories import PASSWORD
+from tests.support.processes import Web, Worker, free_port, http, service_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def register_and_log_in(base: str, name: str) -> dict:

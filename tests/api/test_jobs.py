@@ -1,5 +1,5 @@
 """Jobs: imports, exports and recounts through the API and the CLI, run inline here
-(tests/test_worker.py runs them in real worker processes)."""
+(tests/system/test_worker.py runs them in real worker processes)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from app import queue
 from app.extensions import db
 from app.jobs import service as jobs
 from app.models import Job, JobKind, Post, User
-from tests.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
+from tests.support.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
 
 IMPORT = "/api/v1/posts/import"
 

@@ -6,8 +6,8 @@ import pytest
 
 from app.extensions import db
 from app.models import AuthSession, User
-from tests.conftest import open_session
-from tests.factories import AdminFactory, UserFactory
+from tests.support.factories import AdminFactory, UserFactory
+from tests.support.sessions import open_session
 
 ADMIN_USERS = "/api/v1/admin/users"
 

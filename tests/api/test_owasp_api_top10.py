@@ -14,9 +14,16 @@ import pytest
 from app import create_app
 from app.extensions import db
 from app.models import Post, User
-from tests.conftest import open_session
-from tests.factories import PASSWORD, PUBLIC_PROFILE_FIELDS, AdminFactory, FollowFactory, PostFactory, UserFactory
-from tests.redis_server import RedisServer
+from tests.support.factories import (
+    PASSWORD,
+    PUBLIC_PROFILE_FIELDS,
+    AdminFactory,
+    FollowFactory,
+    PostFactory,
+    UserFactory,
+)
+from tests.support.redis_server import RedisServer
+from tests.support.sessions import open_session
 
 API = "/api/v1"
 
@@ -174,6 +181,7 @@ def test_api2_broken_authentication_password_change_is_rate_limited(client):
     assert client.post(f"{API}/auth/password", json=body, headers=bearer(tokens)).status_code == 429
 
 
+@pytest.mark.system  # starts and stops a Redis server of its own
 def test_api2_broken_authentication_limits_fall_back_to_memory_when_redis_is_down(app, test_db_url):
     server = RedisServer().start()
     try:

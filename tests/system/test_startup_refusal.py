@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REFUSAL = "postboard: refusing to start: "
 COMMANDS = {
     "web": ["-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],

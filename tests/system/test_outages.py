@@ -19,11 +19,11 @@ from app import create_app
 from app.config import database_url
 from app.extensions import db
 from app.models import Post
-from tests.conftest import open_session
-from tests.factories import PASSWORD, UserFactory
-from tests.pg_server import PostgresServer
-from tests.processes import Web, http, service_env
-from tests.redis_server import RedisServer
+from tests.support.factories import PASSWORD, UserFactory
+from tests.support.pg_server import PostgresServer
+from tests.support.processes import Web, http, service_env
+from tests.support.redis_server import RedisServer
+from tests.support.sessions import open_session
 
 PROBLEM = "application/problem+json"
 

@@ -15,8 +15,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app import create_app
-from tests.conftest import open_session
-from tests.factories import PostFactory, UserFactory
+from tests.support.factories import PostFactory, UserFactory
+from tests.support.sessions import open_session
 
 # the document only; requests go to the test app (real PostgreSQL and Redis)
 schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app({"APP_ENV": "test"}))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import jwt as pyjwt
 import pytest
 
-from tests.conftest import open_session
-from tests.factories import UserFactory
+from tests.support.factories import UserFactory
+from tests.support.sessions import open_session
 
 ACCESS_ROUTES = [
     ("GET", "/api/v1/users/me", None, 200),

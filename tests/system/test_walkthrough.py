@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import Web, service_env
+from tests.support.processes import Web, service_env
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "walkthrough.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "walkthrough.sh"
 
 
 @pytest.mark.no_transaction

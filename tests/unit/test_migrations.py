@@ -14,7 +14,7 @@ from sqlalchemy import inspect
 
 from app import create_app
 from app.extensions import db
-from tests.conftest import drop_database, recreate_database
+from tests.support.databases import drop_database, recreate_database
 
 
 @pytest.fixture
