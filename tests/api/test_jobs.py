@@ -13,33 +13,9 @@ from sqlalchemy import func, select, update
 from app import queue
 from app.extensions import db
 from app.jobs import service as jobs
-from app.models import Job, JobKind, Post, User
+from app.models import Job, JobKind, User
 from tests.support.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
-
-IMPORT = "/api/v1/posts/import"
-
-
-def jsonl(*records) -> bytes:
-    return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in records).encode()
-
-
-def upload(client, headers, content: bytes, name: str = "posts.jsonl", **form):
-    return client.post(
-        IMPORT, data={"file": (io.BytesIO(content), name), **form}, headers=headers, content_type="multipart/form-data"
-    )
-
-
-def run_job(client, headers, response) -> dict:
-    assert response.status_code == 202, response.get_json()
-    location = response.headers["Location"]
-    assert location == f"/api/v1/jobs/{response.get_json()['id']}"
-    assert response.get_json()["status"] == "queued"
-    jobs.run(response.get_json()["id"])
-    return client.get(location, headers=headers).get_json()
-
-
-def posts_of(user_id: int) -> int:
-    return db.session.scalar(select(func.count()).select_from(Post).where(Post.author_id == user_id))
+from tests.support.imports import IMPORT, jsonl, posts_of, run_job, upload
 
 
 def test_import_writes_valid_lines_reports_invalid_ones_and_is_idempotent(client, login):
