@@ -84,6 +84,10 @@ def create_app(config: dict | None = None) -> Flask:
 
     register_cli(app)
 
+    from app.jobs.runners import init_runners
+
+    init_runners(app)
+
     from worker import make_celery
 
     make_celery(app)
