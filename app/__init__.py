@@ -10,12 +10,15 @@ from pathlib import Path
 
 from flask import Flask, g, request
 from flask.sessions import SessionInterface
+from flask_migrate import Migrate
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import config as config_module
-from app.api import StrictJSONProvider, register_id_converter
-from app.extensions import ProblemApi, db, hand_out_live_connections, jwt, migrate, note_writes, redis_store
+from app.api import StrictJSONProvider, init_api
+from app.db import db, init_db
+from app.jwt_manager import jwt
 from app.logs import configure_logging, register_request_logging
+from app.redis_store import redis_store
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _ROOT = Path(__file__).resolve().parent.parent
@@ -32,17 +35,11 @@ def create_app(config: dict | None = None) -> Flask:
         hops = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
-    db.init_app(app)
-    with app.app_context():
-        hand_out_live_connections(db.engine)
-        note_writes(db.engine)
-    migrate.init_app(app, db, directory=str(_migrations_dir()))
+    init_db(app)
+    Migrate(app, db, directory=str(_migrations_dir()))
     jwt.init_app(app)
     redis_store.init_app(app)
-    # one Api per app (flask-smorest keeps the spec on it), so tests may build several
-    api = ProblemApi(app)
-    register_id_converter(app, api)
-    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    api = init_api(app)
 
     from app import models  # noqa: F401  (registers the tables)
     from app.admin.routes import blp as admin_blp
@@ -51,18 +48,17 @@ def create_app(config: dict | None = None) -> Flask:
     from app.errors import register_error_handlers
     from app.health import blp as health_blp
     from app.jobs.routes import blp as jobs_blp
+    from app.metrics import POOL_TIMEOUTS, init_metrics
     from app.posts.routes import blp as posts_blp
     from app.users.routes import blp as users_blp
 
     register_token_callbacks(jwt)
-    register_error_handlers(app)
+    register_error_handlers(app, on_pool_timeout=POOL_TIMEOUTS.inc)
     for blueprint in (auth_blp, users_blp, posts_blp, jobs_blp, admin_blp):
         api.register_blueprint(blueprint, url_prefix=f"/api/v1{blueprint.url_prefix or ''}")
     api.register_blueprint(health_blp)
     _register_request_hooks(app)
     register_request_logging(app)
-
-    from app.metrics import init_metrics
 
     init_metrics(app)
 

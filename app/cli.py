@@ -16,8 +16,8 @@ from sqlalchemy import func, insert, select, text
 from app import cache
 from app.admin import service as admin
 from app.auth import service as auth
+from app.db import db
 from app.errors import APIError
-from app.extensions import db
 from app.models import Follow, Post, Role, User
 from app.users import service as users
 

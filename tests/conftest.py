@@ -21,7 +21,8 @@ from sqlalchemy.orm import scoped_session, sessionmaker
 
 from app import create_app
 from app.config import database_url
-from app.extensions import db, redis_store
+from app.db import db
+from app.redis_store import redis_store
 
 
 def _test_database_url():

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app import create_app
-from app.extensions import db, statement_timeout
+from app.db import db, statement_timeout
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "request_id"}
 

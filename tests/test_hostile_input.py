@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from app import create_app
 from app.api import StrictSchema, text_errors
-from app.extensions import db
+from app.db import db
 from app.logs import configure_logging
 from tests.factories import PASSWORD, AdminFactory, PostFactory, UserFactory
 

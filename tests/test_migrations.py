@@ -11,7 +11,7 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect
 
 from app import create_app
-from app.extensions import db
+from app.db import db
 from tests.conftest import drop_database, recreate_database
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import event, text
 from werkzeug.serving import make_server
 
 from app import create_app, queue
-from app.extensions import db
+from app.db import db
 from app.logs import configure_logging
 from tests.conftest import open_session
 from tests.factories import PostFactory, UserFactory

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from app import create_app
 from app.config import database_url
-from app.extensions import db
+from app.db import db
 from app.models import Post
 from tests.conftest import open_session
 from tests.factories import PASSWORD, UserFactory

@@ -19,7 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from app import create_app
 from app.config import engine_options
-from app.extensions import db
+from app.db import db
 from app.jobs import service as jobs
 from tests.factories import PASSWORD
 from tests.processes import free_port

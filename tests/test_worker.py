@@ -11,10 +11,11 @@ import redis
 from sqlalchemy import func, select, text, update
 
 from app import cache, queue
-from app.extensions import db, redis_store
+from app.db import db
 from app.jobs import service as jobs
 from app.models import Job, Post, User
 from app.posts import imports
+from app.redis_store import redis_store
 from app.users.service import recount_counters
 from tests.conftest import open_session
 from tests.factories import FollowFactory, PostFactory, UserFactory

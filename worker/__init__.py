@@ -92,7 +92,7 @@ def make_celery(flask_app: Flask) -> Celery:
     def _fresh_pool_after_fork(**_kwargs):
         # a forked child must not share the parent's PostgreSQL connections
         with flask_app.app_context():
-            from app.extensions import db
+            from app.db import db
 
             db.engine.dispose(close=False)
 

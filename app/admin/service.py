@@ -9,8 +9,8 @@ from sqlalchemy import func, or_, select
 
 from app import cache
 from app.auth.service import revoke_all_sessions
+from app.db import db
 from app.errors import Forbidden, NotFound, ValidationFailed
-from app.extensions import db
 from app.models import User
 from app.pagination import Page, keyset_page
 from app.posts.service import posts_changed

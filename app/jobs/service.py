@@ -20,8 +20,8 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from app import queue
+from app.db import db
 from app.errors import Conflict, NotFound
-from app.extensions import db
 from app.models import Job, JobFile, JobKind, JobStatus, User
 from app.pagination import Page, keyset_page
 

@@ -20,8 +20,8 @@ from sqlalchemy import text
 
 from app import cache
 from app.api import StrictSchema
+from app.db import db
 from app.errors import ValidationFailed
-from app.extensions import db
 from app.models import JobFile
 from app.posts.schemas import BODY, TITLE, _not_blank
 from app.posts.service import posts_changed

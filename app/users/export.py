@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from flask import current_app
 from sqlalchemy import select
 
-from app.extensions import db
+from app.db import db
 from app.models import Follow, Post, User
 from app.users.schemas import PrivateUserSchema, UserSummarySchema
 

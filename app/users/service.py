@@ -12,8 +12,8 @@ from werkzeug.datastructures import ETags
 
 from app import cache, queue
 from app.api import check_if_match
+from app.db import db
 from app.errors import NotFound, ValidationFailed
-from app.extensions import db
 from app.models import Follow, Post, User
 from app.pagination import KeysetQuery, Page, keyset_page, page_json
 from app.users.schemas import PostBriefSchema, PublicUserSchema

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from app import create_app
-from app.extensions import db
+from app.db import db
 from app.models import Post, User
 from tests.conftest import open_session
 from tests.factories import PASSWORD, PUBLIC_PROFILE_FIELDS, AdminFactory, FollowFactory, PostFactory, UserFactory
