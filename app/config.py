@@ -224,8 +224,6 @@ def load(overrides: dict | None = None) -> dict:
         "ARGON2_MEMORY_COST": _int("ARGON2_MEMORY_COST", 65536),
         "ARGON2_PARALLELISM": _int("ARGON2_PARALLELISM", 2),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
-        "PAGE_DEFAULT_LIMIT": 20,
-        "PAGE_MAX_LIMIT": 100,
         "RETRY_AFTER_SECONDS": _int("RETRY_AFTER_SECONDS", 5),
         # login limits: tight per account (a username and its email are one) and client
         # address, so guessing from one address does not lock the owner out elsewhere; a
@@ -236,7 +234,6 @@ def load(overrides: dict | None = None) -> dict:
         # limit per client address on requests with `q` (the plain list is not limited)
         "SEARCH_STATEMENT_TIMEOUT_MS": _int("SEARCH_STATEMENT_TIMEOUT_MS", 2000),
         "RATELIMIT_SEARCH_PER_IP": os.environ.get("RATELIMIT_SEARCH_PER_IP", "60 per minute"),
-        "JSON_SORT_KEYS": False,
         # flask-smorest / OpenAPI
         "API_TITLE": "Postboard API",
         "API_VERSION": "v1",
