@@ -19,9 +19,9 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from app import create_app
 from app.config import database_url
 from app.db import db
+from app.factory import create_app
 from app.redis_store import redis_store
 
 

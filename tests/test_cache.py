@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from app import cache, create_app
+from app import cache
+from app.factory import create_app
 from app.local_copies import LocalCopies
 from app.redis_store import RedisStore
 from tests.conftest import open_session, redis_calls

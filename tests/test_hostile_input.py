@@ -18,9 +18,9 @@ import marshmallow as ma
 import pytest
 from sqlalchemy import func, select
 
-from app import create_app
 from app.api import StrictSchema, text_errors
 from app.db import db
+from app.factory import create_app
 from app.logs import configure_logging
 from tests.factories import PASSWORD, AdminFactory, PostFactory, UserFactory
 

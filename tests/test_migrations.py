@@ -10,8 +10,8 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect
 
-from app import create_app
 from app.db import db
+from app.factory import create_app
 from tests.conftest import drop_database, recreate_database
 
 

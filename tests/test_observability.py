@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import event, text
 from werkzeug.serving import make_server
 
-from app import create_app, queue
+from app import queue
 from app.db import db
+from app.factory import create_app
 from app.logs import configure_logging
 from tests.conftest import open_session
 from tests.factories import PostFactory, UserFactory

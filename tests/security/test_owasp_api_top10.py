@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from app import create_app
 from app.db import db
+from app.factory import create_app
 from app.models import Post, User
 from tests.conftest import open_session
 from tests.factories import PASSWORD, PUBLIC_PROFILE_FIELDS, AdminFactory, FollowFactory, PostFactory, UserFactory
