@@ -52,6 +52,7 @@ bench-import: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache --no-logo
 
 format: $(BIN)/.installed
 	$(BIN)/ruff check --fix .

@@ -1,5 +1,5 @@
-"""HTTP plumbing every blueprint shares: the blueprint class, reading request bodies,
-the problem and page schemas, auth documentation and ETag preconditions."""
+"""HTTP plumbing every blueprint shares: the Api and blueprint classes, reading request
+bodies, the problem and page schemas, auth documentation and ETag preconditions."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import marshmallow as ma
 from flask import current_app
 from flask.json.provider import DefaultJSONProvider
 from flask_jwt_extended import jwt_required
-from flask_smorest import Blueprint
+from flask_smorest import Api, Blueprint
 from flask_smorest.utils import prepare_response
 from webargs import core
 from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import ETags
 from werkzeug.routing import IntegerConverter
 
-from app.errors import PROBLEM_JSON, BadRequest, PreconditionFailed, UnsupportedMediaType
+from app.errors import PROBLEM_JSON, BadRequest, PreconditionFailed, UnsupportedMediaType, problem_from_http_exception
 from app.pagination import PAGE_MAX
 
 BIGINT_MAX = 2**63 - 1
@@ -322,6 +322,31 @@ def register_problem_responses(api) -> None:
     response = {"description": "Default error response", "schema": ProblemSchema}
     prepare_response(response, api.spec, PROBLEM_JSON)
     api.spec.components.response("DEFAULT_ERROR", response, lazy=True)
+
+
+class ProblemApi(Api):
+    """flask-smorest's Api, with every HTTP error answered and documented as problem+json.
+
+    No catch-all `default` response: each operation lists the statuses it can return.
+    """
+
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def handle_http_exception(self, error):
+        return problem_from_http_exception(error)
+
+    def _register_responses(self):
+        # flask-smorest's hook for the error response components it documents
+        register_problem_responses(self)
+
+
+def init_api(app) -> ProblemApi:
+    """The app's Api (one per app: flask-smorest keeps the OpenAPI document on it), with
+    the `<id:...>` converter and the bearer security scheme; blueprints come next."""
+    api = ProblemApi(app)
+    register_id_converter(app, api)
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    return api
 
 
 class WithExtras:

@@ -19,6 +19,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
+from sqlalchemy.pool import NullPool
+
 PROFILES = ("production", "development", "test")
 SECRET_NAMES = ("SECRET_KEY", "JWT_SECRET_KEY")
 # where development and test keep their secrets, in the instance folder
@@ -127,8 +129,6 @@ def engine_options(behind_pgbouncer: bool) -> dict:
         "application_name": os.environ.get("DB_APPLICATION_NAME", "postboard"),
     }
     if behind_pgbouncer:
-        from sqlalchemy.pool import NullPool
-
         # a statement prepared on one server connection is unknown on the next
         # (PgBouncer 1.21+ can track them: max_prepared_statements; 1.18 cannot)
         connect_args["prepare_threshold"] = None
@@ -141,7 +141,7 @@ def engine_options(behind_pgbouncer: bool) -> dict:
         "pool_timeout": _int("DB_POOL_TIMEOUT", 5),
         "pool_recycle": _int("DB_POOL_RECYCLE", 1800),
         # a ping (a round trip) per checkout; off by default: a connection the server ended
-        # is found without one (extensions.hand_out_live_connections); on for networks
+        # is found without one (db.hand_out_live_connections); on for networks
         # that drop idle connections silently
         "pool_pre_ping": _bool("DB_POOL_PRE_PING", False),
         "connect_args": connect_args,
@@ -239,8 +239,6 @@ def load(overrides: dict | None = None) -> dict:
         "ARGON2_MEMORY_COST": _int("ARGON2_MEMORY_COST", 65536),
         "ARGON2_PARALLELISM": _int("ARGON2_PARALLELISM", 2),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
-        "PAGE_DEFAULT_LIMIT": 20,
-        "PAGE_MAX_LIMIT": 100,
         "RETRY_AFTER_SECONDS": _int("RETRY_AFTER_SECONDS", 5),
         # login limits: tight per account (a username and its email are one) and client
         # address, so guessing from one address does not lock the owner out elsewhere; a
@@ -251,7 +249,6 @@ def load(overrides: dict | None = None) -> dict:
         # limit per client address on requests with `q` (the plain list is not limited)
         "SEARCH_STATEMENT_TIMEOUT_MS": _int("SEARCH_STATEMENT_TIMEOUT_MS", 2000),
         "RATELIMIT_SEARCH_PER_IP": os.environ.get("RATELIMIT_SEARCH_PER_IP", "60 per minute"),
-        "JSON_SORT_KEYS": False,
         # flask-smorest / OpenAPI
         "API_TITLE": "Postboard API",
         "API_VERSION": "v1",

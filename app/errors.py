@@ -8,6 +8,7 @@ leave as `application/problem+json`, never an HTML page or a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 
 from flask import Flask, current_app, g, request
@@ -137,7 +138,10 @@ def problem_from_http_exception(error: HTTPException):
     return problem(error.code or 500, detail, errors=errors, headers=headers)
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app: Flask, *, on_pool_timeout: Callable[[], None] = lambda: None) -> None:
+    """Answer every exception as problem+json; `on_pool_timeout` is called for each
+    request that found no free database connection (the metrics count them)."""
+
     @app.errorhandler(APIError)
     def _api_error(error: APIError):
         return problem(
@@ -149,9 +153,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(PoolTimeoutError)
     def _pool_exhausted(error):
-        from app.metrics import POOL_TIMEOUTS
-
-        POOL_TIMEOUTS.inc()
+        on_pool_timeout()
         log.warning("database pool exhausted: %s", error)
         return _unavailable("The service is busy; no database connection was free. Retry shortly.")
 

@@ -9,8 +9,9 @@ from flask import current_app
 from sqlalchemy import text
 
 from app.api import ApiBlueprint
+from app.db import db
 from app.errors import problem
-from app.extensions import db, redis_store
+from app.redis_store import redis_store
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.api import text_problem
 from app.auth import service as auth_service
-from app.extensions import db
+from app.db import db
 
 _LOGIN_ACCOUNT = "postboard.login_account"  # in the WSGI environ
 LOGIN_MAX_LENGTH = 254  # LoginSchema's bound: a longer login names no account

@@ -29,8 +29,10 @@ from redis.exceptions import RedisError
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import cache
+from app.db import db
 from app.errors import problem
-from app.extensions import db
+from app.models import Job, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +57,6 @@ class SharedStateCollector:
         self.app = app
 
     def collect(self):
-        from app import cache
-        from app.models import Job, JobStatus
-
         with self.app.app_context():
             try:
                 numbers = cache.stats()

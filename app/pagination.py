@@ -19,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import Label, Select, bindparam, tuple_
 
+from app import cache
+from app.db import db
 from app.errors import ValidationFailed
 
 PAGE_MAX = 100  # the largest `limit` a client may ask for
@@ -79,8 +81,6 @@ def keyset_page(
     columns, not selected: then they are read off the item); `kinds` are their Python
     types, to check a cursor before it reaches SQL.
     """
-    from app.extensions import db
-
     if cursor:
         stmt = stmt.where(comes_after(keys, decode_cursor(cursor, kinds), descending))
     stmt = stmt.order_by(*[k.desc() if descending else k.asc() for k in keys]).limit(limit + 1)
@@ -126,8 +126,6 @@ class KeysetQuery:
 
     def page(self, *, limit: int, cursor: str | None, cached_as: str | None = None, **params) -> Page:
         """One page; with `cached_as`, the first page comes from that cache key."""
-        from app.extensions import db
-
         if cached_as and not cursor:
             return self._cached_first_page(cached_as, limit, params)
         params["page_limit"] = limit + 1
@@ -141,9 +139,6 @@ class KeysetQuery:
         feed), answered from the cache with no query. The entry holds the first
         PAGE_MAX + 1 items, each with the cursor after it, so one entry serves every
         `limit`. The writers that change such a list drop its key (app/cache.py says when)."""
-        from app import cache
-        from app.extensions import db
-
         entry = cache.get(key)
         if entry is None:
             rows = db.session.connection().execute(self._first, {**params, "page_limit": PAGE_MAX + 1}).all()

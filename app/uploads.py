@@ -23,7 +23,7 @@ from flask import current_app
 from redis.exceptions import RedisError
 
 from app.errors import ServiceUnavailable
-from app.extensions import redis_store
+from app.redis_store import redis_store
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import uuid
 
 from sqlalchemy import delete, text
 
-from app import create_app
-from app.extensions import db
+from app.db import db
+from app.factory import create_app
 from app.jobs import service as jobs
 from app.models import User
 from app.posts import imports

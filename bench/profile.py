@@ -47,8 +47,8 @@ def main() -> int:
     flask(subprocess_env, "db", "upgrade")
     password = seed(subprocess_env)
 
-    from app import create_app
     from app.auth import revocation
+    from app.factory import create_app
 
     app = create_app()
     with app.app_context():

@@ -68,9 +68,9 @@ def drop_database(url: str) -> None:
 
 def users_and_tokens(db_url: str, count: int) -> list[str]:
     """`count` users (the first is user 1) and an access token for each."""
-    from app import create_app
     from app.auth.tokens import issue_tokens
-    from app.extensions import db
+    from app.db import db
+    from app.factory import create_app
     from app.models import AuthSession, User
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": db_url})

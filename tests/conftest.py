@@ -24,8 +24,9 @@ from flask_sqlalchemy.session import _app_ctx_id
 from sqlalchemy import event, text
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from app import create_app
-from app.extensions import db, redis_store
+from app.db import db
+from app.factory import create_app
+from app.redis_store import redis_store
 from tests.support.counting import QueryCounter
 from tests.support.databases import database_url_for_tests, recreate_database, redis_url_for_tests
 from tests.support.sessions import open_session

@@ -94,7 +94,4 @@ def purge_failed_uploads() -> int:
 @shared_task(name=queue.NIGHTLY_RECOUNT, **RETRY)
 def nightly_recount() -> str | None:
     """The nightly recount, as a job row admins can see."""
-    from app.models import JobKind
-
-    job = jobs.create(JobKind.RECOUNT, None)
-    return str(job.id)
+    return str(users.start_recount_job().id)

@@ -1,4 +1,5 @@
-"""Account administration: used by the admin API (which checks the actor) and the CLI."""
+"""Administration: accounts, and everyone's jobs. Used by the admin API (which checks the
+actor) and the CLI."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select
 
 from app import cache
-from app.auth.service import revoke_all_sessions
+from app.auth.service import register, revoke_all_sessions
+from app.db import db
 from app.errors import Forbidden, NotFound, ValidationFailed
-from app.extensions import db
-from app.models import User
+from app.models import Job, Role, User
 from app.pagination import Page, keyset_page
 from app.posts.service import posts_changed
-from app.users.service import escape_like, invalidate_author_posts, invalidate_author_posts_later
+from app.users.service import escape_like, invalidate_author_posts, invalidate_author_posts_later, start_recount_job
+
+ROLES = tuple(role.value for role in Role)
 
 
 def require_admin(actor: User) -> None:
@@ -76,9 +79,27 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
     return db.session.get(User, user_id)
 
 
-def start_recount(actor: User):
-    require_admin(actor)
-    from app.jobs import service as jobs
-    from app.models import JobKind
+def create_admin(username: str, email: str, password: str) -> User:
+    """A new account with the admin role (409 naming the field when a name is taken)."""
+    user = register(username, email, password)
+    user.role = Role.ADMIN.value
+    db.session.commit()
+    return user
 
-    return jobs.create(JobKind.RECOUNT, actor.id)
+
+def start_recount(actor: User) -> Job:
+    require_admin(actor)
+    return start_recount_job(actor.id)
+
+
+def newest_jobs(*, limit: int, status: str | None = None) -> list[tuple[Job, str | None]]:
+    """Everyone's newest jobs, each with its owner's username (None: the system's)."""
+    stmt = select(Job, User.username).outerjoin(User, User.id == Job.owner_id)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    return [tuple(row) for row in db.session.execute(stmt.order_by(Job.created_at.desc()).limit(limit))]
+
+
+def job_as_stored(job_id) -> Job:
+    """A job read again from the database (after running it here)."""
+    return db.session.get(Job, job_id, populate_existing=True)

@@ -34,8 +34,9 @@ from sqlalchemy import delete, exists, or_, select
 from sqlalchemy.dialects.postgresql import insert
 
 from app import local_copies, queue
-from app.extensions import CountingConnection, db, redis_store
+from app.db import db
 from app.models import AuthSession, RevokedToken
+from app.redis_store import CountingConnection, redis_store
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from app import cache
 from app.api import WithExtras
 from app.auth import revocation
 from app.auth.tokens import expiry_of, issue_tokens
+from app.db import db
 from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
-from app.extensions import db
 from app.models import AuthSession, User
 from app.pagination import Page, keyset_page
 

@@ -17,8 +17,8 @@ from jwt import InvalidTokenError, MissingRequiredClaimError
 from werkzeug.local import LocalProxy
 
 from app.auth import revocation
+from app.db import db
 from app.errors import Unauthorized, problem
-from app.extensions import db
 from app.models import AuthSession, User
 from app.users import service as users
 

@@ -16,7 +16,7 @@ from flask import current_app
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from app.extensions import db
+from app.db import db
 from app.models import Job, JobFile, JobFileChunk, JobKind, JobStatus
 
 CHUNK_BYTES = 1024 * 1024

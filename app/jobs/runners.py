@@ -1,6 +1,11 @@
-"""What each kind of job runs: the same service code the CLI calls."""
+"""What each kind of job runs: the same service code the CLI calls.
+
+app/jobs/service.py runs a job with the runner the app holds for its kind (the runners
+start jobs of their own, so that module cannot import this one)."""
 
 from __future__ import annotations
+
+from flask import Flask
 
 from app.models import JobKind
 from app.posts.imports import run_import
@@ -19,3 +24,7 @@ RUNNERS = {
     JobKind.EXPORT_USER: run_export,
     JobKind.RECOUNT: run_recount,
 }
+
+
+def init_runners(app: Flask) -> None:
+    app.extensions["job_runners"] = RUNNERS

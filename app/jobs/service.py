@@ -21,8 +21,8 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from app import queue
+from app.db import db
 from app.errors import Conflict, Gone, NotFound
-from app.extensions import db
 from app.jobs.files import FileWriter
 from app.models import Job, JobFile, JobKind, JobStatus, User
 from app.pagination import Page, keyset_page
@@ -214,15 +214,13 @@ def claim(job_id: uuid.UUID) -> Tracker | None:
 
 def run(job_id: uuid.UUID, on_progress: Progress | None = None) -> str | None:
     """Claim and run a job to its end; returns its final status (None: not ours)."""
-    from app.jobs.runners import RUNNERS
-
     tracker = claim(job_id)
     if tracker is None:
         log.info("job %s is not claimable (done, or running elsewhere)", job_id)
         return None
     tracker.on_progress = on_progress
     try:
-        RUNNERS[JobKind(tracker.job.kind)](tracker)
+        current_app.extensions["job_runners"][JobKind(tracker.job.kind)](tracker)  # app/jobs/runners.py
     except LostClaim:
         log.warning("job %s was taken over by another worker; stopping", job_id)
         return None

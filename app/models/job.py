@@ -18,12 +18,10 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.extensions import db
-
-TZ = TIMESTAMP(timezone=True)
+from app.db import TZ, db
 
 
 class JobKind(enum.StrEnum):

@@ -5,13 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Computed, ForeignKey, Identity, Index, String, Text, func, text
-from sqlalchemy.dialects.postgresql import TIMESTAMP, TSVECTOR
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.extensions import db
+from app.db import TZ, db
 from app.models.user import User
-
-TZ = TIMESTAMP(timezone=True)
 
 SEARCH_VECTOR = (
     "setweight(to_tsvector('english', coalesce(title, '')), 'A') || "

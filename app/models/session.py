@@ -6,12 +6,9 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Index, String, Uuid, func, text
-from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.extensions import db
-
-TZ = TIMESTAMP(timezone=True)
+from app.db import TZ, db
 
 
 class AuthSession(db.Model):

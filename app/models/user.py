@@ -6,12 +6,9 @@ import enum
 from datetime import datetime
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, String, Text, func, text
-from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.extensions import db
-
-TZ = TIMESTAMP(timezone=True)
+from app.db import TZ, db
 
 
 class Role(enum.StrEnum):

@@ -28,9 +28,11 @@ from sqlalchemy import text
 
 from app import cache
 from app.api import StrictSchema, text_problem
+from app.db import db
 from app.errors import TooManyRequests, ValidationFailed
-from app.extensions import db
 from app.jobs import files
+from app.jobs import service as jobs
+from app.jobs.service import JobFailed
 from app.models import JobKind
 from app.posts.schemas import BODY, TITLE, _not_blank
 from app.posts.service import posts_changed
@@ -112,8 +114,6 @@ def refuse_unless_room(author_id: int, *, lock: bool = False, besides=None) -> N
     """429 when the author already has IMPORT_MAX_UNFINISHED_PER_USER imports queued or
     running: each holds a file in the database and a worker's time. Checked before the
     upload is read, and again, under a lock, before its job is committed."""
-    from app.jobs import service as jobs
-
     waiting = jobs.unfinished(author_id, JobKind.IMPORT_POSTS, lock=lock, besides=besides)
     limit = current_app.config["IMPORT_MAX_UNFINISHED_PER_USER"]
     if len(waiting) >= limit:
@@ -136,8 +136,6 @@ def start(
 ):
     """Check a file while storing it chunk by chunk, and record its import as a job
     (queued for a worker); returns it. Nothing is kept when the file is refused."""
-    from app.jobs import service as jobs
-
     fmt = detect_format(filename, content_type, declared_format)
     try:
         job = jobs.new(JobKind.IMPORT_POSTS, author_id, params={"format": fmt, "filename": filename[:255]})
@@ -363,8 +361,6 @@ def _csv_problem(exc: csv.Error) -> str:
 
 
 def run_import(tracker) -> None:
-    from app.jobs.service import JobFailed
-
     job = tracker.job
     author_id = job.owner_id
     total = job.progress_total

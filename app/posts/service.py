@@ -14,8 +14,8 @@ from werkzeug.datastructures import ETags
 
 from app import cache
 from app.api import check_if_match
+from app.db import db, statement_timeout
 from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable
-from app.extensions import db, statement_timeout
 from app.models import Follow, Post, User
 from app.pagination import KeysetQuery, Page, comes_after, page_json
 from app.posts.schemas import PostSchema

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from flask import current_app
 from sqlalchemy import select
 
-from app.extensions import db
+from app.db import db
 from app.jobs import files
 from app.models import Follow, JobKind, Post, User
 from app.users.schemas import PrivateUserSchema, UserSummarySchema

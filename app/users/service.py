@@ -12,9 +12,10 @@ from werkzeug.datastructures import ETags
 
 from app import cache, queue
 from app.api import check_if_match
+from app.db import db
 from app.errors import NotFound, ValidationFailed
-from app.extensions import db
-from app.models import Follow, Post, User
+from app.jobs import service as jobs
+from app.models import Follow, Job, JobKind, Post, User
 from app.pagination import KeysetQuery, Page, keyset_page, page_json
 from app.users.schemas import PostBriefSchema, PublicUserSchema
 
@@ -291,3 +292,9 @@ def recount_counters(*, batch_size: int = 1000, progress=None) -> dict:
         if progress:
             progress(done, total)
     return {**corrected, "users_checked": done, "users_corrected": len(fixed_ids), "corrected_ids": fixed_ids[:100]}
+
+
+def start_recount_job(owner_id: int | None = None, *, queue: bool = True) -> Job:
+    """Record a recount job: an admin's, or the system's (no owner: the nightly one, the
+    CLI's). Queued for a worker, unless `queue` is false (the CLI runs it itself)."""
+    return jobs.create(JobKind.RECOUNT, owner_id, queue=queue)

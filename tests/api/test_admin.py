@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.extensions import db
+from app.db import db
 from app.models import AuthSession, User
 from tests.support.factories import AdminFactory, UserFactory
 from tests.support.sessions import open_session

@@ -13,7 +13,7 @@ from argon2 import PasswordHasher
 from flask_jwt_extended import create_access_token
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.db import db
 from app.models import User
 from tests.support.factories import PASSWORD, UserFactory
 

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from app import cache, create_app
-from app.extensions import RedisStore
+from app import cache
+from app.factory import create_app
 from app.local_copies import LocalCopies
+from app.redis_store import RedisStore
 from tests.support.counting import redis_calls
 from tests.support.factories import PUBLIC_PROFILE_FIELDS, AdminFactory, PostFactory, UserFactory
 from tests.support.redis_server import RedisServer
@@ -92,7 +93,7 @@ def test_counts_in_a_cached_profile_stay_true(client, login):
 
 def test_cached_post_keeps_its_etag_and_edits_show_at_once(client, login):
     post = PostFactory(title="Old")
-    from app.extensions import db
+    from app.db import db
     from app.models import User
 
     headers = login(db.session.get(User, post.author_id))
@@ -110,7 +111,7 @@ def test_users_with_posts_come_from_the_cache_as_the_schema_writes_them(client):
     """The list splices cached JSON (profile + newest posts): it must be exactly what
     UserListItemSchema would have written, cold and warm."""
     from app.api import WithExtras
-    from app.extensions import db
+    from app.db import db
     from app.models import User
     from app.users.schemas import UserListItemSchema
 
@@ -128,7 +129,7 @@ def test_users_with_posts_come_from_the_cache_as_the_schema_writes_them(client):
 
 
 def test_newest_posts_in_the_user_list_follow_every_write(client, login):
-    from app.extensions import db
+    from app.db import db
     from app.models import User
 
     post = PostFactory(title="First")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.db import db
 from app.models import Follow, Post, User
 from tests.support.factories import PASSWORD, UserFactory
 

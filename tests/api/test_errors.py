@@ -9,8 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app import create_app
-from app.extensions import db, statement_timeout
+from app.db import db, statement_timeout
+from app.factory import create_app
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "request_id"}
 

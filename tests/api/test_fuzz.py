@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app import create_app
+from app.factory import create_app
 from tests.support.factories import PostFactory, UserFactory
 from tests.support.sessions import open_session
 

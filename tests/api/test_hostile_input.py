@@ -17,8 +17,8 @@ import re
 import pytest
 from sqlalchemy import func, select
 
-from app import create_app
-from app.extensions import db
+from app.db import db
+from app.factory import create_app
 from app.logs import configure_logging
 from tests.support.factories import PASSWORD, AdminFactory, PostFactory, UserFactory
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app import queue
-from app.extensions import db
+from app.db import db
 from app.jobs import service as jobs
 from app.models import Job, JobKind, User
 from tests.support.factories import AdminFactory, FollowFactory, PostFactory, UserFactory

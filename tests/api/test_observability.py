@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import event, text
 from werkzeug.serving import make_server
 
-from app import create_app, queue
-from app.extensions import db
+from app import queue
+from app.db import db
+from app.factory import create_app
 from app.logs import configure_logging
 from tests.support.factories import PostFactory, UserFactory
 from tests.support.sessions import open_session

@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from app import create_app
-from app.extensions import db
+from app.db import db
+from app.factory import create_app
 from app.models import Post, User
 from tests.support.factories import (
     PASSWORD,

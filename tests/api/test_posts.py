@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import text
 
-from app.extensions import db, statement_timeout
+from app.db import db, statement_timeout
 from app.models import Post, User
 from tests.support.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app import cache
-from app.extensions import db
+from app.db import db
 from app.models import User
 from tests.support.factories import FollowFactory, PostFactory, UserFactory
 

@@ -9,8 +9,9 @@ from sqlalchemy import delete, select
 
 from app import queue
 from app.auth import revocation
-from app.extensions import RedisStore, db
+from app.db import db
 from app.models import AuthSession, RevokedToken, User
+from app.redis_store import RedisStore
 from tests.support.counting import redis_calls
 from tests.support.factories import PASSWORD, FollowFactory, PostFactory, UserFactory
 from tests.support.redis_server import RedisServer

@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from app import create_app, uploads
+from app import uploads
 from app.api import SURROGATE_MESSAGE
+from app.db import db
 from app.errors import ServiceUnavailable, TooManyRequests, ValidationFailed
-from app.extensions import db
+from app.factory import create_app
 from app.jobs import files
 from app.jobs import service as jobs
 from app.models import Job, JobFile, JobFileChunk, JobKind

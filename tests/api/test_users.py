@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.extensions import db
+from app.db import db
 from app.models import Follow, User
 from tests.support.factories import PUBLIC_PROFILE_FIELDS, FollowFactory, PostFactory, UserFactory
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import factory
 from argon2 import PasswordHasher
 
-from app.extensions import db
+from app.db import db
 from app.models import Follow, Post, Role, User
 from app.users.service import bump_counters
 

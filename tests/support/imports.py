@@ -7,7 +7,7 @@ import json
 
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.db import db
 from app.jobs import service as jobs
 from app.models import Post
 

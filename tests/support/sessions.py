@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from flask import current_app
 
 from app.auth.tokens import issue_tokens
-from app.extensions import db
+from app.db import db
 from app.models import AuthSession
 
 

@@ -15,9 +15,9 @@ import pytest
 from flask_migrate import upgrade
 from sqlalchemy import select
 
-from app import create_app
 from app.config import database_url
-from app.extensions import db
+from app.db import db
+from app.factory import create_app
 from app.models import Post
 from tests.support.factories import PASSWORD, UserFactory
 from tests.support.pg_server import PostgresServer

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
-from app import create_app
 from app.config import engine_options
-from app.extensions import db
+from app.db import db
+from app.factory import create_app
 from app.jobs import service as jobs
 from tests.support.factories import PASSWORD
 from tests.support.processes import free_port

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app import uploads
-from app.extensions import db
+from app.db import db
 from app.models import Job, JobFile, Post
 from tests.support.factories import UserFactory
 from tests.support.imports import EXPORT, IMPORT, PROBLEM, good, jsonl

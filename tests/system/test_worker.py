@@ -11,10 +11,11 @@ import redis
 from sqlalchemy import func, select, text, update
 
 from app import cache, queue
-from app.extensions import db, redis_store
+from app.db import db
 from app.jobs import service as jobs
 from app.models import Job, Post, User
 from app.posts import imports
+from app.redis_store import redis_store
 from tests.support.factories import PostFactory, UserFactory
 from tests.support.processes import Worker, service_env
 from tests.support.sessions import open_session

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from app import config, create_app
+from app import config
 from app.config import ConfigError
+from app.factory import create_app
 
 # the development secret in this repository's history: anyone can sign tokens with it
 PUBLISHED_DEV_SECRET = "dev-only-insecure-secret-change-me-0000000000"

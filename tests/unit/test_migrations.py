@@ -12,8 +12,8 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect
 
-from app import create_app
-from app.extensions import db
+from app.db import db
+from app.factory import create_app
 from tests.support.databases import drop_database, recreate_database
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import update
 
 from app import queue
-from app.extensions import db
+from app.db import db
 from app.models import User
 from app.users.service import recount_counters
 from tests.support.factories import FollowFactory, PostFactory, UserFactory

@@ -1,25 +1,19 @@
-"""The shared extension instances, bound to the app in create_app()."""
+"""The database layer: SQLAlchemy's `db`, the model base every table derives from, the
+session that reads without a transaction, and the listeners on the engine (the pool's
+checkout poll, noting writes). Models import this module and nothing else of the app."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import select
-import threading
-import time
 
-import redis
-from cachetools import LRUCache
-from flask import current_app, has_request_context, request
-from flask_jwt_extended import JWTManager
-from flask_migrate import Migrate
-from flask_smorest import Api
+from flask import has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
 from psycopg.pq import TransactionStatus
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from sqlalchemy import MetaData, event, text
+from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
 
@@ -35,6 +29,10 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+# every point in time is stored with its zone (timestamptz)
+TZ = TIMESTAMP(timezone=True)
 
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -168,109 +166,9 @@ def _refuse_ended_connection(dbapi_connection, _record, _proxy) -> None:
         raise DisconnectionError("the server ended the connection")
 
 
-migrate = Migrate()
-
-
-class RememberingJWTManager(JWTManager):
-    """flask-jwt-extended's manager, remembering the tokens this process has verified.
-
-    Decoding costs PyJWT three parses of the token (two unverified, for the key
-    callback, then the verified one, each checking the base64 character by character):
-    ~100-170 µs, paid on every request although a client sends the same access token
-    for its whole life. So the claims of a token that verified are kept, keyed by the
-    whole token (signature included), and a token seen again has only its expiry
-    checked. Revocation and the account check still run on every request. Per app (each
-    has its own key) and bounded (least recently used out first).
-    """
-
-    MAX_TOKENS = 10_000
-
-    def _decode_jwt_from_config(self, encoded_token: str, csrf_value=None, allow_expired: bool = False) -> dict:
-        if csrf_value is not None or allow_expired:
-            return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
-        remembered = current_app.extensions.get("jwt_verified")
-        if remembered is None:
-            remembered = current_app.extensions["jwt_verified"] = (LRUCache(self.MAX_TOKENS), threading.Lock())
-        verified, lock = remembered
-        with lock:
-            claims = verified.get(encoded_token)
-        if claims is None or claims.get("exp", float("inf")) <= time.time():
-            claims = super()._decode_jwt_from_config(encoded_token)  # verifies; raises when expired
-            with lock:
-                verified[encoded_token] = claims
-        return dict(claims)  # each request its own dict
-
-
-jwt = RememberingJWTManager()
-
-
-class ProblemApi(Api):
-    """flask-smorest's Api, with every HTTP error answered and documented as problem+json.
-
-    No catch-all `default` response: each operation lists the statuses it can return.
-    """
-
-    DEFAULT_ERROR_RESPONSE_NAME = None
-
-    def handle_http_exception(self, error):
-        from app.errors import problem_from_http_exception
-
-        return problem_from_http_exception(error)
-
-    def _register_responses(self):
-        # flask-smorest's hook for the error response components it documents
-        from app.api import register_problem_responses
-
-        register_problem_responses(self)
-
-
-class CountingConnection(redis.Connection):
-    """A Redis connection that counts (re)connects, process-wide.
-
-    redis-py quietly replaces a pooled connection the server closed, so a Redis restart
-    raises no error a caller could see; a new connection is the sign. The revocation
-    check re-reads the server's run_id whenever this count has moved.
-    """
-
-    connects = 0
-
-    def on_connect_check_health(self, *args, **kwargs):
-        # redis-py 7 runs this after every (re)connect (on_connect is not always called)
-        super().on_connect_check_health(*args, **kwargs)
-        CountingConnection.connects += 1
-
-
-class RedisStore:
-    """The app's Redis client, with short timeouts so a hung Redis never hangs a request.
-
-    One client (and connection pool) per app, kept in app.extensions like the others.
-    """
-
-    def init_app(self, app) -> None:
-        app.extensions["redis"] = self._connect(app, app.config["REDIS_URL"])
-        # the cache may live on another Redis (CACHE_REDIS_URL); else it shares the client
-        cache_url = app.config["CACHE_REDIS_URL"]
-        same = cache_url == app.config["REDIS_URL"]
-        app.extensions["cache_redis"] = app.extensions["redis"] if same else self._connect(app, cache_url)
-
-    @staticmethod
-    def _connect(app, url: str) -> redis.Redis:
-        timeout = app.config["REDIS_SOCKET_TIMEOUT"]
-        tcp = {"connection_class": CountingConnection} if url.startswith("redis://") else {}
-        return redis.Redis.from_url(
-            url,
-            **tcp,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-            # no silent retry: a dropped connection is how a Redis restart shows itself
-            # (the revocation check then re-reads the server's run_id); callers fall back
-            retry=Retry(NoBackoff(), 0),
-        )
-
-    @property
-    def client(self) -> redis.Redis:
-        return current_app.extensions["redis"]
-
-
-redis_store = RedisStore()
+def init_db(app) -> None:
+    """Bind `db` to the app and put the listeners above on its engine."""
+    db.init_app(app)
+    with app.app_context():
+        hand_out_live_connections(db.engine)
+        note_writes(db.engine)

@@ -1,0 +1,34 @@
+"""What `flask db pool-status` reports: this process's pool, and PostgreSQL's own count
+of the connections open to this database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import text
+
+from app.db import db
+
+_CONNECTIONS = text(
+    "SELECT coalesce(nullif(application_name, ''), '?') AS app, coalesce(state, '?') AS state, count(*) "
+    "FROM pg_stat_activity WHERE datname = current_database() GROUP BY 1, 2 ORDER BY 1, 2"
+)
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    settings: dict | None  # pool_size, max_overflow, pool_timeout, pool_recycle; None behind PgBouncer
+    this_process: str  # SQLAlchemy's own summary of this process's pool
+    max_connections: str
+    connections: list[tuple[str, str, int]]  # (application name, state, how many)
+
+
+def pool_status() -> PoolStatus:
+    options = current_app.config["SQLALCHEMY_ENGINE_OPTIONS"]
+    return PoolStatus(
+        settings=None if current_app.config["DB_PGBOUNCER"] else options,
+        this_process=db.engine.pool.status(),
+        max_connections=db.session.scalar(text("SHOW max_connections")),
+        connections=[tuple(row) for row in db.session.execute(_CONNECTIONS)],
+    )
