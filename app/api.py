@@ -14,10 +14,10 @@ from flask_smorest import Api, Blueprint
 from flask_smorest.utils import prepare_response
 from webargs import core
 from webargs.flaskparser import FlaskParser
-from werkzeug.datastructures import ETags
+from werkzeug.http import parse_etags
 from werkzeug.routing import IntegerConverter
 
-from app.errors import PROBLEM_JSON, BadRequest, PreconditionFailed, UnsupportedMediaType, problem_from_http_exception
+from app.errors import PROBLEM_JSON, BadRequest, UnsupportedMediaType, etag_of, problem_from_http_exception
 from app.pagination import PAGE_MAX
 
 BIGINT_MAX = 2**63 - 1
@@ -361,15 +361,13 @@ class WithExtras:
         return getattr(self._entity, name)
 
 
-def etag_of(version: int) -> str:
-    """The entity tag of an editable resource: its version, bumped on every change."""
-    return f"v{version}"
-
-
-def check_if_match(if_match: ETags | None, version: int) -> None:
-    """412 when the client's If-Match names another version (absent header: no check)."""
-    if if_match and not if_match.contains(etag_of(version)):
-        raise PreconditionFailed(
-            "The resource changed since you read it; fetch it again and retry.",
-            errors={"If-Match": [f'current ETag is "{etag_of(version)}"']},
-        )
+def expected_versions(if_match: str | None) -> frozenset[int] | None:
+    """The versions an If-Match header value accepts, for the services' check: None when it
+    sets no precondition (absent, or `*`); an empty set when it names no version of ours
+    (malformed, weak or foreign tags), so such a header fails the check instead of passing it."""
+    if if_match is None:
+        return None
+    etags = parse_etags(if_match)
+    if etags.star_tag:
+        return None
+    return frozenset(int(tag[1:]) for tag in etags.as_set() if tag[1:].isdecimal() and etag_of(int(tag[1:])) == tag)

@@ -8,7 +8,7 @@ leave as `application/problem+json`, never an HTML page or a traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from http import HTTPStatus
 
 from flask import Flask, current_app, g, request
@@ -70,6 +70,20 @@ class Gone(APIError):
 
 class PreconditionFailed(APIError):
     status = 412
+
+
+def etag_of(version: int) -> str:
+    """The entity tag of an editable resource: its version, bumped on every change."""
+    return f"v{version}"
+
+
+def check_version(expected: Collection[int] | None, version: int) -> None:
+    """412 unless `version` is one the client expects; None means the client set no precondition."""
+    if expected is not None and version not in expected:
+        raise PreconditionFailed(
+            "The resource changed since you read it; fetch it again and retry.",
+            errors={"If-Match": [f'current ETag is "{etag_of(version)}"']},
+        )
 
 
 class UnsupportedMediaType(APIError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
@@ -12,7 +13,6 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from app import cache
-from app.api import WithExtras
 from app.auth import revocation
 from app.auth.tokens import expiry_of, issue_tokens
 from app.db import db
@@ -187,6 +187,19 @@ def revoke_all_sessions(user_id: int, *, reason: str) -> int:
     return len(sessions)
 
 
+@dataclass(frozen=True)
+class SessionRow:
+    """A session as its owner sees it; `current` marks the one of the token used."""
+
+    id: uuid.UUID
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    user_agent: str
+    ip: str
+    current: bool
+
+
 def list_sessions(user_id: int, payload: dict, *, limit: int, cursor: str | None) -> Page:
     """My sessions still in force, newest first; `current` marks the caller's."""
     stmt = select(AuthSession).where(
@@ -196,7 +209,11 @@ def list_sessions(user_id: int, payload: dict, *, limit: int, cursor: str | None
         stmt, [AuthSession.created_at, AuthSession.id], [datetime, uuid.UUID], limit=limit, cursor=cursor
     )
     current = payload.get("sid")
-    return Page([WithExtras(s, current=str(s.id) == current) for s in page.items], page.next_cursor)
+    rows = [
+        SessionRow(s.id, s.created_at, s.last_used_at, s.expires_at, s.user_agent, s.ip, current=str(s.id) == current)
+        for s in page.items
+    ]
+    return Page(rows, page.next_cursor)
 
 
 def end_session(user_id: int, session_id: uuid.UUID) -> None:

@@ -7,7 +7,7 @@ import functools
 from flask import Response, current_app, request, url_for
 
 from app import uploads
-from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
+from app.api import ApiBlueprint, PageArgsSchema, etag_of, expected_versions, page_of
 from app.auth.tokens import account_gone, current_user, token_user_id
 from app.errors import UnsupportedMediaType
 from app.jobs.routes import JOB_LOCATION, accepted
@@ -65,7 +65,7 @@ def get_post(post_id):
 @blp.alt_response(412, response="PRECONDITION_FAILED")
 def update_post(changes, post_id):
     """Edit a post (author or admin). Send `If-Match` with the ETag you read."""
-    post = service.update_post(post_id, current_user, changes, request.if_match)
+    post = service.update_post(post_id, current_user, changes, expected_versions(request.headers.get("If-Match")))
     return post, _etag(post.version)
 
 
@@ -77,7 +77,7 @@ def update_post(changes, post_id):
 @blp.alt_response(412, response="PRECONDITION_FAILED")
 def delete_post(post_id):
     """Delete a post (author or admin)."""
-    service.delete_post(post_id, current_user, request.if_match)
+    service.delete_post(post_id, current_user, expected_versions(request.headers.get("If-Match")))
 
 
 def _before_the_body(view):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from datetime import datetime
 
 from flask import current_app
@@ -10,12 +11,10 @@ from sqlalchemy import BigInteger, Select, any_, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import contains_eager
-from werkzeug.datastructures import ETags
 
 from app import cache
-from app.api import check_if_match
 from app.db import db, statement_timeout
-from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable
+from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, check_version
 from app.models import Follow, Post, User
 from app.pagination import KeysetQuery, Page, comes_after, page_json
 from app.posts.schemas import PostSchema
@@ -248,9 +247,10 @@ def _editable(post_id: int, actor: User) -> Post:
     return post
 
 
-def update_post(post_id: int, actor: User, changes: dict, if_match: ETags | None) -> Post:
+def update_post(post_id: int, actor: User, changes: dict, expected_versions: Collection[int] | None) -> Post:
+    """Apply `changes` under a row lock; 412 unless the post's version is one expected (None: any)."""
     post = _editable(post_id, actor)
-    check_if_match(if_match, post.version)
+    check_version(expected_versions, post.version)
     for field, value in changes.items():
         setattr(post, field, value)
     post.version = Post.version + 1
@@ -260,9 +260,9 @@ def update_post(post_id: int, actor: User, changes: dict, if_match: ETags | None
     return get_post(post_id)
 
 
-def delete_post(post_id: int, actor: User, if_match: ETags | None) -> None:
+def delete_post(post_id: int, actor: User, expected_versions: Collection[int] | None) -> None:
     post = _editable(post_id, actor)
-    check_if_match(if_match, post.version)
+    check_version(expected_versions, post.version)
     db.session.execute(delete(Post).where(Post.id == post.id))
     bump_counters(post.author_id, post_count=-1)
     db.session.commit()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, request
 
-from app.api import ApiBlueprint, PageArgsSchema, etag_of, page_of
+from app.api import ApiBlueprint, PageArgsSchema, etag_of, expected_versions, page_of
 from app.auth.tokens import current_user
 from app.jobs import service as jobs
 from app.jobs.routes import JOB_LOCATION, accepted
@@ -52,7 +52,7 @@ def get_me():
 @blp.alt_response(412, response="PRECONDITION_FAILED")
 def update_me(changes):
     """Change my display name or bio. Send `If-Match` with the ETag you read."""
-    user = service.update_profile(current_user.id, changes, request.if_match)
+    user = service.update_profile(current_user.id, changes, expected_versions(request.headers.get("If-Match")))
     return user, {"ETag": f'"{etag_of(user.version)}"'}
 
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from datetime import datetime
 
 from flask import current_app
 from sqlalchemy import BigInteger, bindparam, cast, func, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
-from werkzeug.datastructures import ETags
 
 from app import cache, queue
-from app.api import check_if_match
 from app.db import db
-from app.errors import NotFound, ValidationFailed
+from app.errors import NotFound, ValidationFailed, check_version
 from app.jobs import service as jobs
 from app.models import Follow, Job, JobKind, Post, User
 from app.pagination import KeysetQuery, Page, keyset_page, page_json
@@ -136,10 +135,11 @@ def recent_posts_json(user_ids: list[int], per_user: int = RECENT_POSTS) -> dict
     return {user_id: dumps(_POST_BRIEFS.dump(rows)).encode() for user_id, rows in by_author.items()}
 
 
-def update_profile(user_id: int, changes: dict, if_match: ETags | None) -> User:
-    """Apply `changes` to the profile under a row lock; 412 when If-Match is stale."""
+def update_profile(user_id: int, changes: dict, expected_versions: Collection[int] | None) -> User:
+    """Apply `changes` to the profile under a row lock; 412 unless its version is one expected
+    (None: any)."""
     user = db.session.get(User, user_id, with_for_update=True, populate_existing=True)
-    check_if_match(if_match, user.version)
+    check_version(expected_versions, user.version)
     renamed = "display_name" in changes and changes["display_name"] != user.display_name
     for field, value in changes.items():
         setattr(user, field, value)

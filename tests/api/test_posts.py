@@ -87,6 +87,27 @@ def test_edit_without_if_match_is_allowed_and_star_matches(client, login):
     )
 
 
+@pytest.mark.parametrize("if_match", ['"abc', ",,,", 'W/"v1"', '"v01"', '"1"', ""])
+def test_an_if_match_naming_no_version_is_412_and_changes_nothing(client, login, if_match):
+    post = PostFactory(title="Kept")
+    headers = {**login(db.session.get(User, post.author_id)), "If-Match": if_match}
+    response = client.patch(f"{POSTS}/{post.id}", json={"title": "Lost"}, headers=headers)
+    assert response.status_code == 412
+    assert response.get_json()["errors"] == {"If-Match": ['current ETag is "v1"']}
+    assert client.delete(f"{POSTS}/{post.id}", headers=headers).status_code == 412
+    kept = client.get(f"{POSTS}/{post.id}")
+    assert (kept.get_json()["title"], kept.headers["ETag"]) == ("Kept", '"v1"')
+
+
+def test_if_match_listing_several_etags_matches_any_of_them(client, login):
+    post = PostFactory()
+    headers = {**login(db.session.get(User, post.author_id)), "If-Match": '"v7", W/"v9", "v1"'}
+    response = client.patch(f"{POSTS}/{post.id}", json={"title": "Edited"}, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["ETag"] == '"v2"'
+    assert client.patch(f"{POSTS}/{post.id}", json={"title": "Lost"}, headers=headers).status_code == 412
+
+
 def test_another_user_cannot_edit_or_delete_and_nothing_changes(client, login):
     post = PostFactory(title="Mine")
     intruder = login(UserFactory())

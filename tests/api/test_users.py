@@ -129,6 +129,15 @@ def test_patch_me_with_a_stale_etag_is_412_and_changes_nothing(client, login):
     assert client.get(f"{USERS}/{user.id}").get_json()["bio"] == "first"
 
 
+def test_patch_me_with_a_malformed_if_match_is_412_and_changes_nothing(client, login):
+    user = UserFactory(bio="original")
+    headers = {**login(user), "If-Match": '"v1'}
+    response = client.patch(f"{USERS}/me", json={"bio": "changed"}, headers=headers)
+    assert response.status_code == 412
+    assert response.get_json()["errors"] == {"If-Match": ['current ETag is "v1"']}
+    assert client.get(f"{USERS}/{user.id}").get_json()["bio"] == "original"
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
