@@ -349,18 +349,6 @@ def init_api(app) -> ProblemApi:
     return api
 
 
-class WithExtras:
-    """An entity plus attributes computed for one response; the entity stays untouched
-    (it may sit in the session's identity map, shared with other code)."""
-
-    def __init__(self, entity, **extras):
-        self._entity = entity
-        self.__dict__.update(extras)
-
-    def __getattr__(self, name: str):
-        return getattr(self._entity, name)
-
-
 def expected_versions(if_match: str | None) -> frozenset[int] | None:
     """The versions an If-Match header value accepts, for the services' check: None when it
     sets no precondition (absent, or `*`); an empty set when it names no version of ours

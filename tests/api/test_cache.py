@@ -110,10 +110,9 @@ def test_cached_post_keeps_its_etag_and_edits_show_at_once(client, login):
 def test_users_with_posts_come_from_the_cache_as_the_schema_writes_them(client):
     """The list splices cached JSON (profile + newest posts): it must be exactly what
     UserListItemSchema would have written, cold and warm."""
-    from app.api import WithExtras
     from app.db import db
     from app.models import User
-    from app.users.schemas import UserListItemSchema
+    from app.users.schemas import PostBriefSchema, PublicUserSchema
 
     authors = UserFactory.create_batch(2)
     written = {author.id: PostFactory.create_batch(6, author=author) for author in authors}
@@ -122,7 +121,10 @@ def test_users_with_posts_come_from_the_cache_as_the_schema_writes_them(client):
     assert warm == cold
     for author in authors:
         newest = sorted(written[author.id], key=lambda p: (p.created_at, p.id), reverse=True)[:5]
-        expected = UserListItemSchema().dump(WithExtras(db.session.get(User, author.id), recent_posts=newest))
+        expected = {
+            **PublicUserSchema().dump(db.session.get(User, author.id)),
+            "posts": PostBriefSchema(many=True).dump(newest),
+        }
         item = next(i for i in warm["items"] if i["id"] == author.id)
         assert item == expected and len(item["posts"]) == 5
         assert list(item) == list(expected)  # same key order too

@@ -38,33 +38,18 @@ def tables() -> set[str]:
     return set(inspect(db.engine).get_table_names()) - {"alembic_version"}
 
 
+ALL_TABLES = {"users", "posts", "follows", "sessions", "revoked_tokens", "jobs", "job_files", "job_file_chunks"}
+
+
 @pytest.mark.no_transaction
 def test_upgrade_downgrade_upgrade(empty_db_app):
     with empty_db_app.app_context():
         upgrade()
-        assert tables() == {
-            "users",
-            "posts",
-            "follows",
-            "sessions",
-            "revoked_tokens",
-            "jobs",
-            "job_files",
-            "job_file_chunks",
-        }
+        assert tables() == ALL_TABLES
         downgrade(revision="base")
         assert tables() == set()
         upgrade()
-        assert tables() == {
-            "users",
-            "posts",
-            "follows",
-            "sessions",
-            "revoked_tokens",
-            "jobs",
-            "job_files",
-            "job_file_chunks",
-        }
+        assert tables() == ALL_TABLES
         with db.engine.connect() as conn, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # alembic cannot compare expression indexes; it says so
             diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
