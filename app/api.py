@@ -1,13 +1,15 @@
 """HTTP plumbing every blueprint shares: the Api and blueprint classes, reading request
-bodies, the problem and page schemas, auth documentation and ETag preconditions."""
+bodies, the documented error responses, auth documentation and ETag preconditions."""
 
 from __future__ import annotations
 
+import functools
 import http
 import json
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-import marshmallow as ma
-from flask import current_app
+from flask import current_app, url_for
 from flask.json.provider import DefaultJSONProvider
 from flask_jwt_extended import jwt_required
 from flask_smorest import Api, Blueprint
@@ -18,7 +20,7 @@ from werkzeug.http import parse_etags
 from werkzeug.routing import IntegerConverter
 
 from app.errors import PROBLEM_JSON, BadRequest, UnsupportedMediaType, etag_of, problem_from_http_exception
-from app.pagination import PAGE_MAX
+from app.schemas import ProblemSchema
 
 BIGINT_MAX = 2**63 - 1
 
@@ -128,6 +130,24 @@ class StrictParser(FlaskParser):
             raise UnsupportedMediaType(detail)
 
 
+class RateLimit(NamedTuple):
+    """A rate limit declared on a route: at most the config value `setting`, counted per
+    `key()`, under its own `scope`; `options` go to Flask-Limiter's `limit`."""
+
+    setting: str
+    key: Callable[[], str]
+    scope: str
+    options: dict[str, Any]
+
+
+def rate_limits_of(view) -> tuple[RateLimit, ...]:
+    """The limits declared on a view, in the order they are written on it (top first)."""
+    return tuple(reversed(getattr(view, "rate_limits", ())))
+
+
+JOB_LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job to poll"}}
+
+
 class ApiBlueprint(Blueprint):
     """flask-smorest's Blueprint, documenting the errors every operation may answer."""
 
@@ -182,120 +202,31 @@ class ApiBlueprint(Blueprint):
 
         return decorator
 
+    def rate_limit(self, setting: str, *, key: Callable[[], str], scope: str, **options):
+        """Declares a rate limit on this route and documents its 429. The limit is attached
+        by app/limits.py with the app's own Limiter: a Limiter binds its storage and
+        settings to one app, so a module-level one cannot serve every app `create_app`
+        makes. (functools.wraps carries the declaration out through every decorator.)"""
 
-NUL_MESSAGE = "Must not contain NUL characters."
-SURROGATE_MESSAGE = "Must not contain lone surrogates (\\ud800-\\udfff are not Unicode characters)."
+        def decorator(func):
+            func.rate_limits = [*getattr(func, "rate_limits", ()), RateLimit(setting, key, scope, options)]
+            return self.alt_response(429, response="TOO_MANY_REQUESTS")(func)
 
+        return decorator
 
-def text_problem(text: str) -> str | None:
-    """Why PostgreSQL cannot store this text (and UTF-8 cannot encode it), or None.
+    def starts_job(self, schema):
+        """The view returns the job it started; the answer is 202 with the job and its
+        Location to poll, as for every endpoint that starts a job."""
 
-    A lone surrogate ("\\ud800" in JSON) is a str to Python but no character: the
-    driver, argon2 and the logs fail to encode it.
-    """
-    if "\x00" in text:
-        return NUL_MESSAGE
-    if not text.isascii():  # CPython knows this without a scan
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return SURROGATE_MESSAGE
-    return None
+        def decorator(func):
+            @functools.wraps(func)
+            def accepted(*args, **kwargs):
+                job = func(*args, **kwargs)
+                return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
+            return self.response(202, schema, headers=JOB_LOCATION)(accepted)
 
-def _printable(key: str) -> str:
-    """A field name as the client wrote it in JSON (\\ud800), fit for the error body."""
-    return key.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def text_errors(data) -> dict:
-    """Marshmallow-style errors ({field: {inner: [message]}}) for each string in `data`,
-    value or key at any depth, that text_problem refuses; {} when there is none.
-
-    A loop over a stack, not recursion: a body nested nearly as deep as the JSON parser
-    allows must not raise RecursionError here.
-    """
-    errors: dict = {}
-    stack = [((), data)]
-    while stack:
-        path, value = stack.pop()
-        items = value.items() if hasattr(value, "items") else enumerate(value)
-        for key, item in items:
-            if isinstance(key, str) and (problem := text_problem(key)):
-                where, message = (*path, _printable(key)), problem
-            elif isinstance(item, str) and (problem := text_problem(item)):
-                where, message = (*path, key), problem
-            else:
-                if isinstance(item, dict | list):
-                    stack.append(((*path, key), item))
-                continue
-            node = errors
-            for step in where[:-1]:
-                node = node.setdefault(step, {})
-            node[where[-1]] = [message]
-    return errors
-
-
-class StrictSchema(ma.Schema):
-    """Base of every input schema: unknown fields are an error (no mass assignment), and
-    no string, value or field name at any depth, may hold a NUL character (PostgreSQL
-    text cannot store one) or a lone surrogate (a 422 naming the field, before any
-    field is read)."""
-
-    class Meta:
-        unknown = ma.RAISE
-
-    @ma.pre_load(pass_collection=True)
-    def _refuse_unstorable_text(self, data, **_kwargs):
-        if isinstance(data, dict | list) or hasattr(data, "items"):
-            errors = text_errors(data)
-            if errors:
-                raise ma.ValidationError(errors)
-        return data
-
-
-class StrictBoolean(ma.fields.Boolean):
-    """JSON true or false only: not "yes", not 1."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, bool):
-            raise self.make_error("invalid", input=value)
-        return value
-
-
-class ProblemSchema(ma.Schema):
-    """RFC 9457 problem details."""
-
-    type = ma.fields.String(required=True)
-    title = ma.fields.String(required=True)
-    status = ma.fields.Integer(required=True)
-    detail = ma.fields.String()
-    instance = ma.fields.String(allow_none=True)
-    request_id = ma.fields.String(allow_none=True)
-    errors = ma.fields.Raw(metadata={"description": "field name -> list of messages"})
-
-
-class PageArgsSchema(StrictSchema):
-    limit = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=PAGE_MAX))
-    cursor = ma.fields.String(validate=ma.validate.Length(min=1, max=512))
-
-
-_page_schemas: dict[str, type[ma.Schema]] = {}
-
-
-def page_of(item_schema: type[ma.Schema]) -> type[ma.Schema]:
-    """The `{items, next_cursor}` schema for one item schema (one class per item kind)."""
-    name = item_schema.__name__.removesuffix("Schema") + "PageSchema"
-    if name not in _page_schemas:
-        _page_schemas[name] = type(
-            name,
-            (ma.Schema,),
-            {
-                "items": ma.fields.List(ma.fields.Nested(item_schema), required=True),
-                "next_cursor": ma.fields.String(allow_none=True, required=True),
-            },
-        )
-    return _page_schemas[name]
+        return decorator
 
 
 # statuses gunicorn answers itself, in HTML, before a request reaches the app (its

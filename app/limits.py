@@ -1,9 +1,9 @@
-"""Rate limits on the endpoints an attacker would hammer, all set from the config.
+"""Rate limits: the keys they count by, and attaching the limits routes declare.
 
-Flask-Limiter keeps the counters in Redis, shared by every web process; while Redis is
-down it counts in each process's memory instead (so limits loosen, but never vanish).
-The limits are attached here, in one place, rather than as decorators on the routes:
-the Limiter is per app, and so is its storage.
+A route declares its limits with ApiBlueprint.rate_limit, naming the setting that holds
+the limit and one of the keys below. Flask-Limiter keeps the counters in Redis, shared by
+every web process; while Redis is down it counts in each process's memory instead (so
+limits loosen, but never vanish).
 """
 
 from __future__ import annotations
@@ -16,9 +16,19 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.api import text_problem
+from app.api import rate_limits_of
 from app.auth import service as auth_service
 from app.db import db
+from app.schemas import text_problem
+
+__all__ = [
+    "get_remote_address",
+    "init_limits",
+    "login_account",
+    "login_account_and_address",
+    "not_a_search",
+    "token_claim",
+]
 
 _LOGIN_ACCOUNT = "postboard.login_account"  # in the WSGI environ
 LOGIN_MAX_LENGTH = 254  # LoginSchema's bound: a longer login names no account
@@ -28,7 +38,7 @@ LOGIN_CEILING = (
 )
 
 
-def _login_account() -> str:
+def login_account() -> str:
     """The account a login attempt is against: `user:<id>` when the login is a user's
     username or email (the two are one account), else a digest of the login. Either
     way the limits, statuses and headers are the same: they do not tell whether the
@@ -57,20 +67,20 @@ def _resolve_login_account() -> str:
     return "login:" + hashlib.sha256(login.lower().encode()).hexdigest()
 
 
-def _login_account_and_address() -> str:
+def login_account_and_address() -> str:
     """The tight login limit counts per account and client address: guesses from one
     address do not lock the owner out everywhere."""
-    return f"{_login_account()}|ip:{get_remote_address()}"
+    return f"{login_account()}|ip:{get_remote_address()}"
 
 
-def _not_a_search() -> bool:
+def not_a_search() -> bool:
     try:
         return "q" not in request.args
     except UnicodeDecodeError:  # not UTF-8: no search runs, the parser answers 400
         return True
 
 
-def _token_claim(claim: str):
+def token_claim(claim: str):
     """Key by a claim of the bearer token (session, user); by IP when there is none."""
 
     def key() -> str:
@@ -88,32 +98,35 @@ def _setting(name: str):
     return lambda: current_app.config[name]
 
 
-# (endpoint, setting, key, scope[, options for Limiter.limit])
-RULES = [
-    ("auth.login", "RATELIMIT_LOGIN_PER_IP", get_remote_address, "login-ip"),
-    ("auth.login", "RATELIMIT_LOGIN_PER_ACCOUNT_IP", _login_account_and_address, "login-account-ip"),
-    ("auth.login", "RATELIMIT_LOGIN_PER_ACCOUNT", _login_account, "login-account", {"error_message": LOGIN_CEILING}),
-    ("posts.list_posts", "RATELIMIT_SEARCH_PER_IP", get_remote_address, "search-ip", {"exempt_when": _not_a_search}),
-    ("auth.register", "RATELIMIT_REGISTER_PER_IP", get_remote_address, "register-ip"),
-    ("auth.refresh", "RATELIMIT_REFRESH_PER_SESSION", _token_claim("sid"), "refresh-session"),
-    ("auth.change_password", "RATELIMIT_PASSWORD_PER_USER", _token_claim("sub"), "password-user"),
-    ("posts.import_posts", "RATELIMIT_IMPORT_PER_USER", _token_claim("sub"), "import-user"),
-    ("users.export_me", "RATELIMIT_EXPORT_PER_USER", _token_claim("sub"), "export-user"),
-]
-
-
 def init_limits(app: Flask) -> Limiter:
+    """The app's Limiter, with every limit its routes declare (ApiBlueprint.rate_limit)
+    attached to them; call it after the blueprints are registered."""
     limiter = Limiter(get_remote_address, app=app)
-    # the decorators below hold the limiter weakly; the app must hold it (Flask-Limiter
+    # the wrappers below hold the limiter weakly; the app must hold it (Flask-Limiter
     # registers itself only when enabled)
     app.extensions["rate_limiter"] = limiter
-    # Every limit here is a per-route decorator, checked in its own wrapper. Flask-Limiter's
-    # app-wide before_request hook serves only default/application limits, which we do not
-    # set, and cost ~0.2 ms on every request (measured in-process): drop it.
-    app.before_request_funcs[None] = [
-        hook for hook in app.before_request_funcs.get(None, []) if hook != limiter._check_request_limit
-    ]
-    for endpoint, setting, key, scope, *options in RULES:
-        limited = limiter.limit(_setting(setting), key_func=key, scope=scope, **(options[0] if options else {}))
-        app.view_functions[endpoint] = limited(app.view_functions[endpoint])
+    _drop_app_wide_check(app, limiter)
+    for endpoint, view in list(app.view_functions.items()):
+        for rule in rate_limits_of(view):
+            view = limiter.limit(_setting(rule.setting), key_func=rule.key, scope=rule.scope, **rule.options)(view)
+        app.view_functions[endpoint] = view
     return limiter
+
+
+def _drop_app_wide_check(app: Flask, limiter: Limiter) -> None:
+    """Private override (Flask-Limiter, pinned exactly in setup.cfg): removes the
+    before_request hook `Limiter.init_app` adds, `_check_request_limit`.
+
+    The hook serves default and application-wide limits, which this app does not set;
+    every limit here is a route decorator, checked in its own wrapper. The hook still
+    resolves the limits of every request, a cost on every route (docs/performance.md).
+    No public setting turns it off. It relies on the hook being that bound method in
+    `app.before_request_funcs[None]`; when a new release changes that, the app refuses
+    to start here rather than keep paying for it silently
+    (tests/unit/test_limits_override.py).
+    """
+    hooks = app.before_request_funcs.get(None, [])
+    kept = [hook for hook in hooks if hook != limiter._check_request_limit]
+    if limiter.enabled and len(kept) != len(hooks) - 1:
+        raise RuntimeError("Flask-Limiter no longer adds _check_request_limit as a before_request hook")
+    app.before_request_funcs[None] = kept

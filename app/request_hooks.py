@@ -1,5 +1,5 @@
-"""What every request and response gets, whatever the route: a request id, the upload
-size limit, the security and caching headers, and no cookie session."""
+"""What every request and response gets, whatever the route: a request id, the security
+and caching headers, and no cookie session."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from flask import Flask, g, request
 from flask.sessions import SessionInterface
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-# endpoints that take a file upload (multipart), and may be larger than MAX_CONTENT_LENGTH
-_UPLOADS = {"posts.import_posts": "IMPORT_MAX_BYTES"}
 # on every response; a route never sets these itself
 _SECURITY_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
@@ -37,14 +35,6 @@ def register_request_hooks(app: Flask) -> None:
         g.started = time.perf_counter()
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-
-    @app.before_request
-    def _upload_size_limit():
-        """Uploads may be larger than other bodies. Only the limit is set here: the media
-        type is checked where the body is read (app/api.py StrictParser), after the
-        view's authentication."""
-        if request.endpoint in _UPLOADS:
-            request.max_content_length = app.config[_UPLOADS[request.endpoint]]
 
     @app.after_request
     def _standard_headers(response):

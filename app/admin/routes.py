@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from app.admin import service
 from app.admin.schemas import AdminUserListArgsSchema, AdminUserSchema, AdminUserUpdateSchema
-from app.api import ApiBlueprint, page_of
+from app.api import ApiBlueprint
 from app.auth.tokens import current_user
-from app.jobs.routes import JOB_LOCATION, accepted
 from app.jobs.schemas import JobSchema
+from app.schemas import page_of
 
 blp = ApiBlueprint("admin", __name__, url_prefix="/admin", description="Account administration (admins only)")
 
@@ -35,8 +35,8 @@ def update_user(changes, user_id):
 
 @blp.route("/jobs/recount", methods=["POST"])
 @blp.login_required()
-@blp.response(202, JobSchema, headers=JOB_LOCATION)
+@blp.starts_job(JobSchema)
 @blp.alt_response(403, response="FORBIDDEN")
 def recount():
     """Recompute every stored counter, in batches, as a job; its result says what was fixed."""
-    return accepted(service.start_recount(current_user))
+    return service.start_recount(current_user)

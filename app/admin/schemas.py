@@ -5,8 +5,8 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import validate
 
-from app.api import PageArgsSchema, StrictBoolean, StrictSchema
 from app.models import Role
+from app.schemas import PageArgsSchema, StrictBoolean, StrictSchema
 from app.users.schemas import PrivateUserSchema
 
 

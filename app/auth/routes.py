@@ -5,17 +5,19 @@ from __future__ import annotations
 from flask import request, url_for
 from flask_jwt_extended import get_jwt
 
-from app.api import ApiBlueprint, PageArgsSchema, page_of
+from app.api import ApiBlueprint
 from app.auth import service
 from app.auth.schemas import LoginSchema, PasswordChangeSchema, RegisterSchema, SessionSchema, TokenPairSchema
 from app.auth.tokens import current_user, current_user_id
+from app.limits import LOGIN_CEILING, get_remote_address, login_account, login_account_and_address, token_claim
+from app.schemas import PageArgsSchema, page_of
 from app.users.schemas import PublicUserSchema
 
 blp = ApiBlueprint("auth", __name__, url_prefix="/auth", description="Accounts, tokens and sessions")
 
 
 @blp.route("/register", methods=["POST"])
-@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
+@blp.rate_limit("RATELIMIT_REGISTER_PER_IP", key=get_remote_address, scope="register-ip")
 @blp.arguments(RegisterSchema)
 @blp.response(201, PublicUserSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(409, response="CONFLICT")
@@ -26,7 +28,9 @@ def register(body):
 
 
 @blp.route("/login", methods=["POST"])
-@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
+@blp.rate_limit("RATELIMIT_LOGIN_PER_IP", key=get_remote_address, scope="login-ip")
+@blp.rate_limit("RATELIMIT_LOGIN_PER_ACCOUNT_IP", key=login_account_and_address, scope="login-account-ip")
+@blp.rate_limit("RATELIMIT_LOGIN_PER_ACCOUNT", key=login_account, scope="login-account", error_message=LOGIN_CEILING)
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenPairSchema)
 @blp.alt_response(401, response="UNAUTHORIZED")
@@ -41,7 +45,7 @@ def login(body):
 
 
 @blp.route("/refresh", methods=["POST"])
-@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
+@blp.rate_limit("RATELIMIT_REFRESH_PER_SESSION", key=token_claim("sid"), scope="refresh-session")
 @blp.login_required(refresh=True)
 @blp.response(200, TokenPairSchema)
 def refresh():
@@ -85,7 +89,7 @@ def end_session(session_id):
 
 
 @blp.route("/password", methods=["POST"])
-@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
+@blp.rate_limit("RATELIMIT_PASSWORD_PER_USER", key=token_claim("sub"), scope="password-user")
 @blp.login_required()
 @blp.arguments(PasswordChangeSchema)
 @blp.response(204)

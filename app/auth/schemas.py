@@ -8,7 +8,7 @@ from importlib.resources import files
 import marshmallow as ma
 from marshmallow import validate
 
-from app.api import StrictSchema
+from app.schemas import StrictSchema
 
 USERNAME = validate.And(
     validate.Length(min=3, max=30),

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Response, stream_with_context, url_for
+from flask import Response, stream_with_context
 
-from app.api import ApiBlueprint, PageArgsSchema, page_of
+from app.api import ApiBlueprint
 from app.auth.tokens import current_user, current_user_id
 from app.jobs import files, service
 from app.jobs.schemas import JobSchema
+from app.schemas import PageArgsSchema, page_of
 
 blp = ApiBlueprint("jobs", __name__, url_prefix="/jobs", description="Background jobs: imports, exports, recounts")
-
-
-def accepted(job):
-    """202 + Location: how every endpoint that starts a job answers."""
-    return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
-
-
-JOB_LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the job to poll"}}
 
 
 @blp.route("")

@@ -6,7 +6,7 @@ import marshmallow as ma
 from flask_smorest.fields import Upload
 from marshmallow import validate
 
-from app.api import StrictSchema
+from app.schemas import StrictSchema
 
 
 class JobSchema(ma.Schema):

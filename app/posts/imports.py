@@ -27,7 +27,6 @@ from marshmallow import validate
 from sqlalchemy import text
 
 from app import cache
-from app.api import StrictSchema, text_problem
 from app.db import db
 from app.errors import TooManyRequests, ValidationFailed
 from app.jobs import files
@@ -36,6 +35,7 @@ from app.jobs.service import JobFailed
 from app.models import JobKind
 from app.posts.schemas import BODY, TITLE, _not_blank
 from app.posts.service import posts_changed
+from app.schemas import StrictSchema, text_problem
 from app.users.service import bump_counters
 
 BATCH = 5000  # lines per INSERT and per commit: each commit costs an fsync

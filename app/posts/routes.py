@@ -7,13 +7,14 @@ import functools
 from flask import Response, current_app, request, url_for
 
 from app import uploads
-from app.api import ApiBlueprint, PageArgsSchema, etag_of, expected_versions, page_of
+from app.api import ApiBlueprint, expected_versions
 from app.auth.tokens import account_gone, current_user, token_user_id
-from app.errors import UnsupportedMediaType
-from app.jobs.routes import JOB_LOCATION, accepted
+from app.errors import UnsupportedMediaType, etag_of
 from app.jobs.schemas import ImportFileSchema, ImportFormSchema, JobSchema
+from app.limits import get_remote_address, not_a_search, token_claim
 from app.posts import imports, service
 from app.posts.schemas import PostCreateSchema, PostListArgsSchema, PostSchema, PostUpdateSchema
+from app.schemas import PageArgsSchema, page_of
 
 blp = ApiBlueprint("posts", __name__, description="Posts and the feed")
 
@@ -25,7 +26,7 @@ def _etag(version: int) -> dict:
 
 
 @blp.route("/posts")
-@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py: searches (`q`) only
+@blp.rate_limit("RATELIMIT_SEARCH_PER_IP", key=get_remote_address, scope="search-ip", exempt_when=not_a_search)
 @blp.arguments(PostListArgsSchema, location="query")
 @blp.response(200, page_of(PostSchema))
 def list_posts(args):
@@ -100,12 +101,13 @@ def _before_the_body(view):
 
 
 @blp.route("/posts/import", methods=["POST"])
-@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py, and unfinished imports
+# its 429 also answers a user with too many unfinished imports
+@blp.rate_limit("RATELIMIT_IMPORT_PER_USER", key=token_claim("sub"), scope="import-user")
 @blp.login_required()
 @_before_the_body
 @blp.arguments(ImportFileSchema, location="files")
 @blp.arguments(ImportFormSchema, location="form")
-@blp.response(202, JobSchema, headers=JOB_LOCATION)
+@blp.starts_job(JobSchema)
 @blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
 @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
 @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
@@ -118,7 +120,7 @@ def import_posts(files, form):
     them); 503 when the server is taking in as many uploads as it allows at once."""
     upload = files["file"]
     filename, media_type = upload.filename or "", upload.mimetype or ""
-    return accepted(imports.start(current_user.id, upload.stream, filename, media_type, form.get("format")))
+    return imports.start(current_user.id, upload.stream, filename, media_type, form.get("format"))
 
 
 @blp.route("/feed")

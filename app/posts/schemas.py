@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import validate
 
-from app.api import PageArgsSchema, StrictSchema
+from app.schemas import PageArgsSchema, StrictSchema
 from app.users.schemas import UserSummarySchema
 
 TITLE = validate.Length(min=1, max=200)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from flask import Response, request
 
-from app.api import ApiBlueprint, PageArgsSchema, etag_of, expected_versions, page_of
+from app.api import ApiBlueprint, expected_versions
 from app.auth.tokens import current_user
+from app.errors import etag_of
 from app.jobs import service as jobs
-from app.jobs.routes import JOB_LOCATION, accepted
 from app.jobs.schemas import JobSchema
+from app.limits import token_claim
 from app.models import JobKind
 from app.posts import service as posts
 from app.posts.schemas import PostSchema
+from app.schemas import PageArgsSchema, page_of
 from app.users import service
 from app.users.schemas import (
     PrivateUserSchema,
@@ -57,15 +59,15 @@ def update_me(changes):
 
 
 @blp.route("/me/export", methods=["POST"])
-@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
+@blp.rate_limit("RATELIMIT_EXPORT_PER_USER", key=token_claim("sub"), scope="export-user")
 @blp.login_required()
-@blp.response(202, JobSchema, headers=JOB_LOCATION)
+@blp.starts_job(JobSchema)
 @blp.alt_response(409, response="CONFLICT")
 def export_me():
     """Build a JSON document of my profile, posts, followers and following, as a job;
     download it from /jobs/{id}/result when the job has succeeded. One at a time: while
     one is queued or running, another answers 409 naming it."""
-    return accepted(jobs.create_single(JobKind.EXPORT_USER, current_user.id, what="export"))
+    return jobs.create_single(JobKind.EXPORT_USER, current_user.id, what="export")
 
 
 @blp.route("/<id:user_id>")

@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app import uploads
-from app.api import SURROGATE_MESSAGE
 from app.db import db
 from app.errors import ServiceUnavailable, TooManyRequests, ValidationFailed
 from app.factory import create_app
@@ -21,6 +20,7 @@ from app.jobs import files
 from app.jobs import service as jobs
 from app.models import Job, JobFile, JobFileChunk, JobKind
 from app.posts import imports
+from app.schemas import SURROGATE_MESSAGE
 from tests.support.factories import FollowFactory, PostFactory, UserFactory
 from tests.support.imports import EXPORT, IMPORT, PROBLEM, good, jsonl, posts_of, run_job, upload
 from tests.support.processes import free_port

@@ -7,7 +7,7 @@ from __future__ import annotations
 import marshmallow as ma
 import pytest
 
-from app.api import StrictSchema, text_errors
+from app.schemas import StrictSchema, text_errors
 
 
 class _Inner(StrictSchema):
