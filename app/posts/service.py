@@ -227,7 +227,7 @@ _CREATED_COLUMNS = ("id", "title", "body", "version", "created_at", "updated_at"
 def create_post(author: User, title: str, body: str) -> dict:
     """The new post as stored: its columns as the INSERT returned them (server defaults
     included), taken before the commit expires them, with `author`'s summary: reading it
-    back after the commit cost two queries."""
+    back after the commit would take two more queries."""
     post = Post(author_id=author.id, title=title, body=body)
     db.session.add(post)
     db.session.flush()
