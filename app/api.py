@@ -19,7 +19,9 @@ from webargs.flaskparser import FlaskParser
 from werkzeug.http import parse_etags
 from werkzeug.routing import IntegerConverter
 
+from app.db import READ_ONLY_METHODS
 from app.errors import PROBLEM_JSON, BadRequest, UnsupportedMediaType, etag_of, problem_from_http_exception
+from app.replicas import retry_on_primary
 from app.schemas import ProblemSchema
 
 BIGINT_MAX = 2**63 - 1
@@ -167,6 +169,8 @@ class ApiBlueprint(Blueprint):
             if self.uses_database:
                 # any view that touches PostgreSQL may find it down or its pool exhausted
                 func = self.alt_response(503, response="SERVICE_UNAVAILABLE")(func)
+                if set(options.get("methods") or ["GET"]) <= READ_ONLY_METHODS:
+                    func = retry_on_primary(func)
             return register(func)
 
         return decorator

@@ -33,12 +33,13 @@ from flask import current_app
 from redis.exceptions import RedisError
 
 from app import local_copies, queue
+from app.config import CACHE_TOMBSTONE_SECONDS
 
 log = logging.getLogger(__name__)
 
 HITS = "cache:stats:hits"
 MISSES = "cache:stats:misses"
-TOMBSTONE_SECONDS = 5
+TOMBSTONE_SECONDS = CACHE_TOMBSTONE_SECONDS
 
 TALLY_SECONDS = 1.0
 PREFIXES = ("user:v1:", "post:v1:", "list:v1:")

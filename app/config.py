@@ -164,6 +164,13 @@ def load(overrides: dict | None = None) -> dict:
             os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postboard")
         ),
         "DB_PGBOUNCER": behind_pgbouncer,
+        # streaming replicas for the reads of GET requests (app/replicas.py), comma-separated
+        "DATABASE_REPLICA_URLS": [
+            database_url(url.strip()) for url in os.environ.get("DATABASE_REPLICA_URLS", "").split(",") if url.strip()
+        ],
+        "REPLICA_MAX_LAG_SECONDS": _float("REPLICA_MAX_LAG_SECONDS", 2.0),
+        "REPLICA_CHECK_SECONDS": _float("REPLICA_CHECK_SECONDS", 1.0),
+        "REPLICA_READ_YOUR_WRITES_SECONDS": _int("REPLICA_READ_YOUR_WRITES_SECONDS", 30),
         "SQLALCHEMY_ENGINE_OPTIONS": engine_options(behind_pgbouncer),
         "SQLALCHEMY_RECORD_QUERIES": False,
         "SQLALCHEMY_TRACK_MODIFICATIONS": False,
@@ -262,6 +269,8 @@ def load(overrides: dict | None = None) -> dict:
         # cheap hashing keeps the suite fast; the production cost is set above
         cfg.update(ARGON2_TIME_COST=1, ARGON2_MEMORY_COST=8, ARGON2_PARALLELISM=1)
     cfg.update(overrides or {})
+    if problems := replica_problems(cfg):
+        raise ConfigError("; ".join(problems))
     if env == "production":
         check_production(cfg)
     elif not all(cfg[name] for name in SECRET_NAMES):
@@ -289,6 +298,23 @@ def check_production(cfg: dict) -> None:
     problems += [f"{name} must be set" for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
     if problems:
         raise ConfigError("; ".join(problems) + " (APP_ENV=production, the default profile)")
+
+
+# how long a deleted cache entry refuses to be filled again (app/cache.py)
+CACHE_TOMBSTONE_SECONDS = 5
+
+
+def replica_problems(cfg: dict) -> list[str]:
+    """A replica may serve a cache fill only while the tombstone of a write outlasts how
+    stale it can be: its lag limit plus one check interval."""
+    if not cfg["DATABASE_REPLICA_URLS"]:
+        return []
+    if cfg["REPLICA_MAX_LAG_SECONDS"] + cfg["REPLICA_CHECK_SECONDS"] >= CACHE_TOMBSTONE_SECONDS:
+        return [
+            f"REPLICA_MAX_LAG_SECONDS + REPLICA_CHECK_SECONDS must stay under {CACHE_TOMBSTONE_SECONDS}"
+            " (a replica further behind could put a deleted cache entry back)"
+        ]
+    return []
 
 
 def _secret_problems(name: str, value: str) -> list[str]:

@@ -8,7 +8,7 @@ import contextlib
 import functools
 import select
 
-from flask import has_request_context, request
+from flask import current_app, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
 from psycopg.pq import TransactionStatus
@@ -39,6 +39,7 @@ READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 INTRANS = TransactionStatus.INTRANS  # in a transaction, no statement failed
 WROTE = "wrote_in_transaction"  # in Connection.info: a statement other than SELECT ran since BEGIN
 BEGUN = "transaction_begun_on"  # in Session.info: the transaction and the connection it began on
+READ_ENGINE_CHOOSER = "read_engine_chooser"  # in app.extensions: app/replicas.py, when replicas are set
 
 
 class ReadsWithoutTransaction(FlaskSQLAlchemySession):
@@ -54,7 +55,8 @@ class ReadsWithoutTransaction(FlaskSQLAlchemySession):
     def get_bind(self, mapper=None, clause=None, bind=None, **kwargs):
         engine = super().get_bind(mapper, clause, bind, **kwargs)
         if bind is None and has_request_context() and request.method in READ_ONLY_METHODS:
-            return _autocommit(engine)
+            choose = current_app.extensions.get(READ_ENGINE_CHOOSER)
+            return _autocommit(choose(engine) if choose else engine)
         return engine
 
     def close(self) -> None:
@@ -166,9 +168,14 @@ def _refuse_ended_connection(dbapi_connection, _record, _proxy) -> None:
         raise DisconnectionError("the server ended the connection")
 
 
+def prepare_engine(engine) -> None:
+    """The listeners above, on an engine of ours (the primary's, or a replica's)."""
+    hand_out_live_connections(engine)
+    note_writes(engine)
+
+
 def init_db(app) -> None:
-    """Bind `db` to the app and put the listeners above on its engine."""
+    """Bind `db` to the app and prepare its engine."""
     db.init_app(app)
     with app.app_context():
-        hand_out_live_connections(db.engine)
-        note_writes(db.engine)
+        prepare_engine(db.engine)

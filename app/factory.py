@@ -29,6 +29,7 @@ from app.logs import configure_logging, register_request_logging
 from app.metrics import POOL_TIMEOUTS, init_metrics
 from app.posts.routes import blp as posts_blp
 from app.redis_store import redis_store
+from app.replicas import init_replicas
 from app.request_hooks import NoCookieSessions, register_request_hooks
 from app.users.routes import blp as users_blp
 
@@ -48,6 +49,7 @@ def create_app(config: dict | None = None) -> Flask:
     _trust_proxies(app)
 
     init_db(app)
+    init_replicas(app)
     Migrate(app, db, directory=str(_migrations_dir()))
     jwt.init_app(app)
     register_token_callbacks(jwt)

@@ -20,6 +20,7 @@ from app.auth import revocation
 from app.db import db
 from app.errors import Unauthorized, problem
 from app.models import AuthSession, User
+from app.replicas import primary_reads
 from app.users import service as users
 
 BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
@@ -83,7 +84,9 @@ def current_user_id() -> int:
     if checked is not None and checked[0] is token:  # `g` may outlive a request (tests)
         return checked[1]
     user_id = int(token["sub"])
-    if not users.is_active(user_id):
+    with primary_reads():
+        active = users.is_active(user_id)
+    if not active:
         raise account_gone()
     g.caller_id = (token, user_id)
     return user_id
@@ -101,7 +104,8 @@ def _load_current_user() -> User:
     loaded = g.get("current_user")
     if loaded is not None and loaded[0] is token:  # `g` may outlive a request (tests)
         return loaded[1]
-    user = db.session.get(User, int(token["sub"]))
+    with primary_reads():
+        user = db.session.get(User, int(token["sub"]))
     if user is None or not user.is_active:
         raise account_gone()
     g.current_user = (token, user)
@@ -130,7 +134,8 @@ def register_token_callbacks(jwt: JWTManager) -> None:
 
     @jwt.token_in_blocklist_loader
     def _is_revoked(_header, payload) -> bool:
-        return revocation.is_revoked(payload)
+        with primary_reads():
+            return revocation.is_revoked(payload)
 
     @jwt.token_verification_loader
     def _subject_is_a_user_id(_header, payload) -> bool:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pgserver
-from pgserver._commands import pg_ctl
+from pgserver._commands import pg_basebackup, pg_ctl, psql
 
 
 class PostgresServer:
@@ -42,3 +42,47 @@ class PostgresServer:
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ReplicaServer(PostgresServer):
+    """A streaming replica of `primary` (pg_basebackup from the same binaries), on a
+    socket directory of its own. `pause_replay()` holds it behind the primary."""
+
+    def __init__(self, primary: PostgresServer):
+        self.dir = Path(tempfile.mkdtemp(prefix="test-pg-replica-"))
+        self.pgdata = self.dir / "data"
+        self.socket_dir = self.dir / "run"
+        self.user = primary.user
+        for folder in (self.pgdata, self.socket_dir):
+            folder.mkdir(mode=0o700)
+        if self.user:
+            os.chmod(self.dir, 0o755)  # noqa: S103  (the server runs as its own user)
+            shutil.chown(self.pgdata, self.user, self.user)
+            shutil.chown(self.socket_dir, self.user, self.user)
+        pg_basebackup(
+            [
+                "-D",
+                str(self.pgdata),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                str(primary.socket_dir),
+                "-U",
+                "postgres",
+            ],
+            user=self.user,
+            timeout=60,
+        )
+        self.start()
+
+    def sql(self, statement: str) -> str:
+        return psql(["-h", str(self.socket_dir), "-U", "postgres", "-d", "app", "-Atc", statement], user=self.user)
+
+    def pause_replay(self) -> None:
+        self.sql("SELECT pg_wal_replay_pause()")
+
+    def resume_replay(self) -> None:
+        self.sql("SELECT pg_wal_replay_resume()")

@@ -298,3 +298,17 @@ def test_an_unreadable_secrets_file_is_refused_by_name(tmp_path):
     (tmp_path / config.LOCAL_SECRETS_FILE).write_text("not json")
     with pytest.raises(ConfigError, match=config.LOCAL_SECRETS_FILE):
         config.local_secrets(tmp_path)
+
+
+def test_replica_urls_are_read_and_a_lag_limit_the_cache_cannot_cover_is_refused(monkeypatch):
+    monkeypatch.setenv("DATABASE_REPLICA_URLS", "postgres://r1.internal/app, postgresql://r2.internal/app")
+    cfg = config.load({"APP_ENV": "development"})
+    assert cfg["DATABASE_REPLICA_URLS"] == [
+        "postgresql+psycopg://r1.internal/app",
+        "postgresql+psycopg://r2.internal/app",
+    ]
+    monkeypatch.setenv("REPLICA_MAX_LAG_SECONDS", "4.5")
+    with pytest.raises(config.ConfigError, match="REPLICA_MAX_LAG_SECONDS"):
+        config.load({"APP_ENV": "development"})
+    monkeypatch.delenv("DATABASE_REPLICA_URLS")
+    assert config.load({"APP_ENV": "development"})["REPLICA_MAX_LAG_SECONDS"] == 4.5  # no replica: no limit
