@@ -5,7 +5,8 @@ and 20 follows each, starts the service and a bare Flask endpoint (the ceiling) 
 same gunicorn settings, drives each scenario with wrk (BENCH_CONNECTIONS connections,
 BENCH_SECONDS each, reads after BENCH_WARMUP_SECONDS of unmeasured load), BENCH_ROUNDS
 times in turn, and writes a Markdown table of the medians and a latency chart to
-bench/results/.
+bench/results/. The service uses Redis database BENCH_REDIS_DB (14) of REDIS_URL's
+server, emptied at the start.
 
 BENCH_AB=local_copies measures instead the cached reads of two services started side by
 side on the same data, A with each process's copies of Redis keys (app/local_copies.py)
