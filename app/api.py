@@ -270,8 +270,14 @@ class ProblemApi(Api):
     def handle_http_exception(self, error):
         return problem_from_http_exception(error)
 
+    # Private override: flask-smorest 0.47.0 (pinned exactly in setup.cfg). Api._init_spec
+    # calls _register_responses() once to register, lazily, a response component per
+    # HTTP status (named by HTTPStatus.name, which alt_response, arguments, etag and
+    # pagination refer to) in DEFAULT_RESPONSE_CONTENT_TYPE. flask-smorest has no public
+    # setting for the content type of error responses alone, and its maintainer points
+    # to overriding this method for it (marshmallow-code/flask-smorest#223). Guarded by
+    # tests/api/test_library_overrides.py.
     def _register_responses(self):
-        # flask-smorest's hook for the error response components it documents
         register_problem_responses(self)
 
 

@@ -12,7 +12,7 @@ from flask import current_app, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
 from psycopg.pq import TransactionStatus
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import MetaData, SelectBase, event, text
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
@@ -130,8 +130,13 @@ def _remember_connection(session, _transaction, connection) -> None:
 
 
 def note_writes(engine) -> None:
-    """Keep WROTE on each connection for ReadsWithoutTransaction.close(): anything but a
-    SELECT counts as a write (SAVEPOINT included), so only a plain read is committed."""
+    """Keep WROTE on each connection for ReadsWithoutTransaction.close(), from the
+    statement SQLAlchemy compiled, not the SQL text: only a SELECT construct (select(),
+    a union, text().columns()) is a read. Anything else counts as a write: ORM flushes,
+    insert() / update() / delete(), a SAVEPOINT, a bare text() and a string sent with
+    exec_driver_sql (no statement to look at). A SELECT calling a function that changes
+    something is not seen: the app's only such call, pg_advisory_xact_lock, ends with
+    the transaction whether it commits or rolls back."""
     event.listen(engine, "begin", _transaction_begun)
     event.listen(engine, "before_cursor_execute", _statement_sent)
 
@@ -140,8 +145,9 @@ def _transaction_begun(connection) -> None:
     connection.info[WROTE] = False
 
 
-def _statement_sent(connection, _cursor, statement, _parameters, _context, _executemany) -> None:
-    if statement.lstrip()[:6].upper() != "SELECT":
+def _statement_sent(connection, _cursor, _statement, _parameters, context, _executemany) -> None:
+    compiled = context.compiled if context is not None else None
+    if compiled is None or not isinstance(compiled.statement, SelectBase):
         connection.info[WROTE] = True
 
 

@@ -27,6 +27,14 @@ class RememberingJWTManager(JWTManager):
 
     MAX_TOKENS = 10_000
 
+    # Private override: flask-jwt-extended 4.7.4 (pinned exactly in setup.cfg). Every
+    # token a request sends is decoded by decode_token(), which calls this method with
+    # (encoded_token, csrf_value, allow_expired); the method runs the decode key loader
+    # (app/auth/tokens.py checks the claims there) and PyJWT's verification. The
+    # revocation and subject checks run after it, on every request, remembered or not.
+    # It pays: a remembered token costs a dictionary lookup instead of PyJWT's three
+    # parses, a large share of a cached protected GET's own time (bench/jwt_override.py
+    # measures it). Guarded by tests/api/test_library_overrides.py.
     def _decode_jwt_from_config(self, encoded_token: str, csrf_value=None, allow_expired: bool = False) -> dict:
         if csrf_value is not None or allow_expired:
             return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import RESULTS, bench_database, flask, seed  # noqa: E402
+from bench.run import REDIS_DB, RESULTS, bench_database, flask, seed  # noqa: E402
 
 PATH = os.environ.get("PROFILE_PATH", "/api/v1/feed?limit=20")
 REQUESTS = int(os.environ.get("PROFILE_REQUESTS", "2000"))
@@ -35,7 +35,7 @@ def main() -> int:
         {
             "APP_ENV": "production",
             "DATABASE_URL": bench_database(),
-            "REDIS_URL": os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/14",
+            "REDIS_URL": os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/" + REDIS_DB,
             "SECRET_KEY": secrets.token_urlsafe(48),
             "JWT_SECRET_KEY": secrets.token_urlsafe(48),
             "RATELIMIT_ENABLED": "false",

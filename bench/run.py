@@ -5,7 +5,14 @@ and 20 follows each, starts the service and a bare Flask endpoint (the ceiling) 
 same gunicorn settings, drives each scenario with wrk (BENCH_CONNECTIONS connections,
 BENCH_SECONDS each, reads after BENCH_WARMUP_SECONDS of unmeasured load), BENCH_ROUNDS
 times in turn, and writes a Markdown table of the medians and a latency chart to
-bench/results/.
+bench/results/. The service uses Redis database BENCH_REDIS_DB (14) of REDIS_URL's
+server, emptied at the start.
+
+BENCH_AB=local_copies measures instead the cached reads of two services started side by
+side on the same data, A with each process's copies of Redis keys (app/local_copies.py)
+and B without (CACHE_LOCAL_MAX_BYTES=0), alternating A and B within each round, and
+writes per endpoint the median and range of req/s of each, the gain of A over B, and
+whether the ranges overlap, to bench/results/ab-local_copies.md.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ WARMUP_SECONDS = int(os.environ.get("BENCH_WARMUP_SECONDS", "3"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 USERS, POSTS, FOLLOWS = 1000, 20, 20
 HOT_POSTS = 1000  # the posts read again and again (measured cached), as against all of them
+# the Redis database the service under test uses (flushed at the start of each run)
+REDIS_DB = os.environ.get("BENCH_REDIS_DB", "14")
+AB = os.environ.get("BENCH_AB", "")
 
 
 def free_port() -> int:
@@ -182,7 +192,7 @@ def main() -> int:
         print("make bench needs wrk: `apt-get install wrk` (Debian/Ubuntu) or `brew install wrk`")
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
-    redis_url = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/14"
+    redis_url = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/" + REDIS_DB
     env = {
         **os.environ,
         "FLASK_APP": "wsgi:app",
@@ -201,6 +211,8 @@ def main() -> int:
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()  # a cold cache and fresh counters
+    if AB:
+        return ab(env, redis_url, password, machine)
     app_process, app_base = start(env, "wsgi:app", RESULTS / "app.log")
     ceiling_process, ceiling_base = start(env, "bench.ceiling:app", RESULTS / "ceiling.log")
     # as deployed: a worker (it rebuilds the revocation mirror the web asks for)
@@ -283,6 +295,111 @@ def main() -> int:
             process.wait(timeout=30)
     report(results, hit_rate, machine)
     return 0
+
+
+AB_SETTINGS = {"local_copies": ({}, {"CACHE_LOCAL_MAX_BYTES": "0"})}
+
+
+def ab(env: dict, redis_url: str, password: str, machine: str) -> int:
+    """BENCH_AB: the cached reads on A (the settings as they are) and B (one thing turned
+    off), started side by side on the same data and cache, in the same run. Within a
+    round each endpoint is measured on A and on B back to back, the order swapped every
+    round, so the machine's drift between rounds falls on both alike."""
+    if AB not in AB_SETTINGS:
+        print(f"BENCH_AB must be one of {', '.join(AB_SETTINGS)}, not {AB!r}")
+        return 2
+    a_settings, b_settings = AB_SETTINGS[AB]
+    services = {}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool=solo", "--loglevel=WARNING"],
+        env=env,
+        cwd=ROOT,
+        stdout=(RESULTS / "worker.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for side, settings in (("A", a_settings), ("B", b_settings)):
+            services[side] = start({**env, **settings}, "wsgi:app", RESULTS / f"app-{side}.log")
+        base = services["A"][1]
+        token = call("POST", f"{base}/api/v1/auth/login", {"login": "user2", "password": password})["access_token"]
+        call("GET", f"{base}/api/v1/feed", token=token)  # asks the worker for the revocation mirror
+        wait_for_revocation_mirror(redis_url)
+        scenarios = [
+            {"name": "GET /users/{id} (cached)", "path": "/api/v1/users/{id}", "max_id": USERS, "fill": True},
+            {
+                "name": f"GET /posts/{{id}} (cached, random of {HOT_POSTS:,})",
+                "path": "/api/v1/posts/{id}",
+                "max_id": HOT_POSTS,
+                "fill": True,
+            },
+            {"name": "GET /posts (page of 20)", "path": "/api/v1/posts?limit=20"},
+            {"name": "GET /users?include=posts", "path": "/api/v1/users?include=posts&limit=20"},
+            {"name": "GET /feed", "path": "/api/v1/feed?limit=20", "token": token},
+        ]
+        runs = {(scenario["name"], side): [] for scenario in scenarios for side in services}
+        for round_number in range(1, ROUNDS + 1):
+            print(f"round {round_number} of {ROUNDS}", flush=True)
+            order = ("A", "B") if round_number % 2 else ("B", "A")
+            for scenario in scenarios:
+                if scenario.get("fill"):  # each id read once: the cache holds them all
+                    for item_id in range(1, scenario["max_id"] + 1):
+                        urllib.request.urlopen(base + scenario["path"].format(id=item_id), timeout=10).read()
+                for side in order:
+                    process, side_base = services[side]
+                    if WARMUP_SECONDS:
+                        wrk(side_base, scenario, WARMUP_SECONDS)
+                    wait_until_idle(process.pid)
+                    result = wrk(side_base, scenario)
+                    runs[(scenario["name"], side)].append(result)
+                    print(
+                        f"{side} {scenario['name']:<42} {result['rps']:8.0f} req/s  "
+                        f"p95 {result['p95'] / 1000:6.1f} ms  "
+                        f"errors {result['socket_errors'] + result['status_errors']}",
+                        flush=True,
+                    )
+    finally:
+        for process in [worker, *(process for process, _ in services.values())]:
+            process.terminate()
+            process.wait(timeout=30)
+    ab_report(scenarios, runs, a_settings, b_settings, machine)
+    return 0
+
+
+def ab_report(scenarios: list[dict], runs: dict, a_settings: dict, b_settings: dict, machine: str) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+    def named(settings: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in settings.items()) or "the settings as they are"
+
+    lines = [
+        f"# make bench, BENCH_AB={AB}, {stamp}",
+        "",
+        f"A: {named(a_settings)}; B: {named(b_settings)}. {CONNECTIONS} connections, {SECONDS} s per endpoint "
+        f"and side after {WARMUP_SECONDS} s unmeasured, {ROUNDS} round(s), A and B back to back in each "
+        "(the order swapped every round); "
+        f"gunicorn with WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 'default')}.",
+        f"Machine: {machine}.",
+        "",
+        "| endpoint | A req/s (range) | B req/s (range) | A over B | ranges overlap | A over B by round | errors |",
+        "|---|---:|---:|---:|:-:|---:|---:|",
+    ]
+    for scenario in scenarios:
+        a, b = runs[(scenario["name"], "A")], runs[(scenario["name"], "B")]
+        a_rps, b_rps = [run["rps"] for run in a], [run["rps"] for run in b]
+        gain = statistics.median(a_rps) / statistics.median(b_rps) - 1
+        overlap = max(min(a_rps), min(b_rps)) <= min(max(a_rps), max(b_rps))
+        # A and B of one round ran back to back: their ratio is spared most of the drift
+        paired = " / ".join(f"{x / y - 1:+.0%}" for x, y in zip(a_rps, b_rps, strict=True))
+        errors = sum(run["socket_errors"] + run["status_errors"] for run in a + b)
+        lines.append(
+            f"| {scenario['name']} | {statistics.median(a_rps):.0f} ({min(a_rps):.0f}-{max(a_rps):.0f}) "
+            f"| {statistics.median(b_rps):.0f} ({min(b_rps):.0f}-{max(b_rps):.0f}) | {gain:+.1%} "
+            f"| {'yes' if overlap else 'no'} | {paired} | {errors} |"
+        )
+    text_report = "\n".join(lines) + "\n"
+    path = RESULTS / f"ab-{AB}.md"
+    path.write_text(text_report)
+    print("\n" + text_report + f"\nwritten: {path}")
 
 
 def wait_for_revocation_mirror(redis_url: str, seconds: float = 60) -> None:

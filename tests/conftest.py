@@ -132,6 +132,21 @@ def count_queries(app):
 
 
 @pytest.fixture
+def local_copies_on(app, monkeypatch):
+    """For the tests of each process's copies (app/local_copies.py): on, even when the
+    suite runs with them off (CACHE_LOCAL_MAX_BYTES=0, as every other test must pass)."""
+    if app.config["CACHE_LOCAL_MAX_BYTES"] > 0:
+        yield
+        return
+    monkeypatch.setitem(app.config, "CACHE_LOCAL_MAX_BYTES", 16 * 1024 * 1024)
+    yield
+    for name in ("cache_local", "revocation_local"):  # made for this test: closed with it
+        local = app.extensions.pop(name, None)
+        if local is not None:
+            local.close()
+
+
+@pytest.fixture
 def login():
     """Bearer headers for a user (a fresh session each call)."""
 

@@ -282,7 +282,7 @@ def redis_reads(redis_client) -> int:
     return redis_calls(redis_client, "MGET")  # the cache reads with MGET
 
 
-def test_a_second_read_is_served_by_the_process_until_redis_reports_a_change(app, redis_client):
+def test_a_second_read_is_served_by_the_process_until_redis_reports_a_change(app, redis_client, local_copies_on):
     key = cache.profile_key(1)
     redis_client.set(key, b"one")
     assert cache.get(key) == b"one"  # from Redis; this process keeps a copy
@@ -301,7 +301,7 @@ def test_a_second_read_is_served_by_the_process_until_redis_reports_a_change(app
     assert cache.stats() == {"hits": 6, "misses": 3, "hit_rate": 6 / 9}
 
 
-def test_a_copy_goes_when_its_key_expires_in_redis(app, redis_client):
+def test_a_copy_goes_when_its_key_expires_in_redis(app, redis_client, local_copies_on):
     key = cache.post_key(1)
     redis_client.set(key, b"short-lived", px=100)
     assert cache.get(key) == b"short-lived"
@@ -311,7 +311,7 @@ def test_a_copy_goes_when_its_key_expires_in_redis(app, redis_client):
         time.sleep(0.05)
 
 
-def test_copies_are_forgotten_when_the_change_reports_stop(app, redis_client, monkeypatch):
+def test_copies_are_forgotten_when_the_change_reports_stop(app, redis_client, monkeypatch, local_copies_on):
     monkeypatch.setattr(LocalCopies, "RETRY_SECONDS", 0.0)
     key = cache.profile_key(2)
     redis_client.set(key, b"before")
@@ -341,7 +341,7 @@ def test_local_copies_can_be_turned_off(app, redis_client, monkeypatch):
     assert redis_reads(redis_client) == reads + 2
 
 
-def test_copies_stay_within_their_room(app, redis_client, monkeypatch):
+def test_copies_stay_within_their_room(app, redis_client, monkeypatch, local_copies_on):
     monkeypatch.setitem(app.config, "CACHE_LOCAL_MAX_BYTES", 140)  # an entry counts 64 bytes + its value
     monkeypatch.delitem(app.extensions, "cache_local", raising=False)  # made again with the new room
     small, large, other = cache.post_key(1), cache.post_key(2), cache.post_key(3)

@@ -170,12 +170,100 @@ def test_a_new_post_is_answered_from_the_insert_not_read_back(client, count_quer
     assert created["author"] == {"id": author.id, "username": author.username, "display_name": author.display_name}
 
 
+def _select_user(user_id):
+    from sqlalchemy import select
+
+    db.session.execute(select(User.id).where(User.id == user_id))
+
+
+def _select_through_a_cte(user_id):
+    from sqlalchemy import select
+
+    chosen = select(User.id).where(User.id == user_id).cte("chosen")
+    db.session.execute(select(chosen.c.id))
+
+
+def _select_a_union(user_id):
+    from sqlalchemy import select, union_all
+
+    db.session.execute(union_all(select(User.id).where(User.id == user_id), select(User.id).where(User.id == 0)))
+
+
+def _select_textual_columns(user_id):
+    from sqlalchemy import column, text
+
+    db.session.execute(text("SELECT id FROM users WHERE id = :id").columns(column("id")), {"id": user_id})
+
+
+def _update_user(user_id):
+    from sqlalchemy import update
+
+    db.session.execute(update(User).where(User.id == user_id).values(bio="never committed"))
+
+
+def _pending_change(user_id):
+    db.session.get(User, user_id).bio = "pending, not flushed"
+
+
+def _flushed_change_then_select(user_id):
+    db.session.get(User, user_id).bio = "flushed, never committed"
+    db.session.flush()
+    _select_user(user_id)
+
+
+def _bare_text_select(_user_id):
+    from sqlalchemy import text
+
+    db.session.execute(text("select 1"))
+
+
+def _text_update_behind_a_comment(user_id):
+    from sqlalchemy import text
+
+    db.session.execute(text("/* no SELECT */ update users set bio = 'never committed' where id = :id"), {"id": user_id})
+
+
+def _update_in_a_cte(user_id):
+    from sqlalchemy import text
+
+    db.session.execute(
+        text(
+            "WITH changed AS (UPDATE users SET bio = 'never committed' WHERE id = :id RETURNING id) SELECT id FROM changed"
+        ),
+        {"id": user_id},
+    )
+
+
+def _driver_sql_update(user_id):
+    db.session.connection().exec_driver_sql(
+        "UPDATE users SET bio = 'never committed' WHERE id = %(id)s", {"id": user_id}
+    )
+
+
 @pytest.mark.no_transaction
-def test_a_write_request_ends_a_transaction_that_only_read_with_commit(app, committed):
+@pytest.mark.parametrize(
+    ("run", "end"),
+    [
+        (_select_user, "COMMIT"),
+        (_select_through_a_cte, "COMMIT"),
+        (_select_a_union, "COMMIT"),
+        (_select_textual_columns, "COMMIT"),
+        (_update_user, "ROLLBACK"),
+        (_pending_change, "ROLLBACK"),
+        (_flushed_change_then_select, "ROLLBACK"),
+        (_bare_text_select, "ROLLBACK"),  # no SELECT construct: taken for a write
+        (_text_update_behind_a_comment, "ROLLBACK"),
+        (_update_in_a_cte, "ROLLBACK"),
+        (_driver_sql_update, "ROLLBACK"),
+    ],
+    ids=lambda value: value.__name__.strip("_") if callable(value) else value,
+)
+def test_a_write_request_ends_a_transaction_that_only_read_with_commit(app, committed, run, end):
     """psycopg drops a connection's prepared statements at every ROLLBACK, so a request
     whose open transaction only read ends it with COMMIT; one that wrote, or has
-    changes not yet flushed, still rolls back."""
-    from sqlalchemy import event, select, update
+    changes not yet flushed, still rolls back. A read is told by the statement
+    SQLAlchemy compiled (a SELECT construct), not by the SQL text."""
+    from sqlalchemy import event
 
     ends = []
     with app.app_context():
@@ -189,23 +277,28 @@ def test_a_write_request_ends_a_transaction_that_only_read_with_commit(app, comm
         event.listen(engine, name, listener)
     try:
         with app.test_request_context("/api/v1/posts", method="POST"):
-            db.session.execute(select(User.id).where(User.id == user_id))
+            run(user_id)
             db.session.remove()
-        assert ends == ["COMMIT"]
-
-        ends.clear()
-        with app.test_request_context("/api/v1/posts", method="POST"):
-            db.session.execute(update(User).where(User.id == user_id).values(bio="never committed"))
-            db.session.remove()
-        assert ends == ["ROLLBACK"]
-
-        ends.clear()
-        with app.test_request_context("/api/v1/posts", method="POST"):
-            db.session.get(User, user_id).bio = "pending, not flushed"
-            db.session.remove()
-        assert ends == ["ROLLBACK"]
+        assert ends == [end]
     finally:
         for name, listener in listeners.items():
             event.remove(engine, name, listener)
     with app.app_context():
-        assert db.session.get(User, user_id).bio == bio  # neither change was kept
+        assert db.session.get(User, user_id).bio == bio  # no change was kept
+
+
+def test_psycopg_drops_prepared_statements_at_rollback_and_keeps_them_at_commit(test_db_url):
+    """Why a read-only transaction ends with COMMIT (ReadsWithoutTransaction.close()):
+    should psycopg keep its prepared statements through a ROLLBACK one day, the COMMIT
+    is no longer needed."""
+    import psycopg
+
+    url = test_db_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    prepared = "SELECT count(*) FROM pg_prepared_statements"
+    with psycopg.connect(url, prepare_threshold=0) as conn:
+        conn.execute("SELECT 1 WHERE %s = 1", [1])  # prepared at its first run
+        assert conn.execute(prepared, prepare=False).fetchone()[0] == 1
+        conn.commit()
+        assert conn.execute(prepared, prepare=False).fetchone()[0] == 1
+        conn.rollback()
+        assert conn.execute(prepared, prepare=False).fetchone()[0] == 0

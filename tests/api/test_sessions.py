@@ -183,7 +183,7 @@ def test_with_the_mirror_ready_revocations_are_answered_by_redis(client, alice, 
 
 
 def test_a_token_checked_once_is_checked_again_without_redis_and_a_revocation_counts_at_once(
-    client, alice, redis_client
+    client, alice, redis_client, local_copies_on
 ):
     revocation.rebuild_mirror()
     pair = log_in(client, "alice")
