@@ -234,6 +234,10 @@ def load(overrides: dict | None = None) -> dict:
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int("JWT_ACCESS_TOKEN_MINUTES", 15)),
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int("JWT_REFRESH_TOKEN_DAYS", 30)),
         "JWT_ERROR_MESSAGE_KEY": "detail",
+        # how long a process trusts its memo that an account is active (no PostgreSQL round
+        # trip per request); an account changed through the API or the CLI is refused at
+        # once, one changed by hand in SQL within this many seconds
+        "ACCOUNT_RECHECK_SECONDS": _int("ACCOUNT_RECHECK_SECONDS", 60),
         # argon2id cost; production refuses less than OWASP's minimum (OWASP_ARGON2)
         "ARGON2_TIME_COST": _int("ARGON2_TIME_COST", 3),
         "ARGON2_MEMORY_COST": _int("ARGON2_MEMORY_COST", 65536),

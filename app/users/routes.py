@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, request
 
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, expected_versions, page_of
-from app.auth.tokens import current_user
+from app.auth.tokens import account_gone, current_user, current_user_id
 from app.jobs import service as jobs
 from app.jobs.routes import JOB_LOCATION, accepted
 from app.jobs.schemas import JobSchema
@@ -52,8 +52,10 @@ def get_me():
 @blp.alt_response(412, response="PRECONDITION_FAILED")
 def update_me(changes):
     """Change my display name or bio. Send `If-Match` with the ETag you read."""
-    user = service.update_profile(current_user.id, changes, expected_versions(request.headers.get("If-Match")))
-    return user, {"ETag": f'"{etag_of(user.version)}"'}
+    user = service.update_profile(current_user_id(), changes, expected_versions(request.headers.get("If-Match")))
+    if user is None:
+        raise account_gone()
+    return user, {"ETag": f'"{etag_of(user["version"])}"'}
 
 
 @blp.route("/me/export", methods=["POST"])
@@ -93,7 +95,8 @@ def user_posts(args, user_id):
 @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 def follow(user_id):
     """Follow a user (idempotent)."""
-    service.follow(current_user.id, user_id)
+    if not service.follow(current_user_id(), user_id):
+        raise account_gone()
 
 
 @blp.route("/<id:user_id>/follow", methods=["DELETE"])
@@ -103,7 +106,8 @@ def follow(user_id):
 @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 def unfollow(user_id):
     """Stop following a user (idempotent)."""
-    service.unfollow(current_user.id, user_id)
+    if not service.unfollow(current_user_id(), user_id):
+        raise account_gone()
 
 
 @blp.route("/<id:user_id>/followers")
