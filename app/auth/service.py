@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +18,7 @@ from app import cache
 from app.auth import revocation
 from app.auth.tokens import expiry_of, issue_tokens
 from app.db import db
-from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from app.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
 from app.models import AuthSession, User
 from app.pagination import Page, keyset_page
 
@@ -38,8 +40,31 @@ def hasher() -> PasswordHasher:
     return cached
 
 
+@contextlib.contextmanager
+def _hashing_slot():
+    """One of this process's PASSWORD_HASHES_PER_PROCESS slots for argon2 work, waited
+    for at most PASSWORD_HASH_WAIT_SECONDS (then 503): a flood of logins keeps to those
+    slots, and the process's other threads keep serving everything else."""
+    cfg = current_app.config
+    slots = current_app.extensions.get("password_hash_slots")
+    if slots is None:
+        slots = current_app.extensions.setdefault(
+            "password_hash_slots", threading.BoundedSemaphore(max(1, cfg["PASSWORD_HASHES_PER_PROCESS"]))
+        )
+    if not slots.acquire(timeout=cfg["PASSWORD_HASH_WAIT_SECONDS"]):
+        raise ServiceUnavailable(
+            "Too many logins at once; retry after the time in Retry-After.",
+            headers={"Retry-After": str(cfg["RETRY_AFTER_SECONDS"])},
+        )
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 def hash_password(password: str) -> str:
-    return hasher().hash(password)
+    with _hashing_slot():
+        return hasher().hash(password)
 
 
 def register(username: str, email: str, password: str) -> User:
@@ -66,12 +91,13 @@ def register(username: str, email: str, password: str) -> User:
 def verify_password(user: User, password: str) -> bool:
     """Check a password; upgrade a hash made with older parameters (caller commits)."""
     ph = hasher()
-    try:
-        ph.verify(user.password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
-    if ph.check_needs_rehash(user.password_hash):
-        user.password_hash = ph.hash(password)
+    with _hashing_slot():
+        try:
+            ph.verify(user.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+        if ph.check_needs_rehash(user.password_hash):
+            user.password_hash = ph.hash(password)
     return True
 
 
@@ -94,7 +120,7 @@ def authenticate(login: str, password: str) -> User:
     """
     user = db.session.scalars(select(User).where(_named_by(login))).first()
     if user is None:
-        hasher().hash(password)
+        hash_password(password)
         raise Unauthorized("Wrong login or password.")
     if not verify_password(user, password):
         raise Unauthorized("Wrong login or password.")
