@@ -249,6 +249,8 @@ def load(overrides: dict | None = None) -> dict:
         # Keep it below the process's threads (WEB_THREADS): the others serve the rest.
         "PASSWORD_HASHES_PER_PROCESS": _int("PASSWORD_HASHES_PER_PROCESS", 1),
         "PASSWORD_HASH_WAIT_SECONDS": _float("PASSWORD_HASH_WAIT_SECONDS", 5.0),
+        # the niceness of the threads that hash (Linux; 0 keeps the process's priority)
+        "PASSWORD_HASH_NICE": _int("PASSWORD_HASH_NICE", 10),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
         "RETRY_AFTER_SECONDS": _int("RETRY_AFTER_SECONDS", 5),
         # login limits: tight per account (a username and its email are one) and client

@@ -289,26 +289,36 @@ def update_post(post_id: int, actor_id: int, changes: dict, expected_versions: C
     One UPDATE does it all when it may (READ COMMITTED checks its conditions again on
     the row it waited for); only when it changed nothing is the post read, locked, to
     say why (404, 403, 412), or changed if it may be after all."""
-    conditions = [Post.id == post_id, User.id == Post.author_id]
-    if expected_versions is not None:
-        conditions.append(Post.version.in_(list(expected_versions)))
-    stmt = (
-        update(Post)
-        .where(*conditions, or_(Post.author_id == bindparam("actor"), _IS_ADMIN))
-        .values(**changes, version=Post.version + 1, updated_at=func.now())
-        .returning(*_POST_COLUMNS, User.id.label("author_id"), User.username, User.display_name)
-    )
-    row = db.session.connection().execute(stmt, {"actor": actor_id}).first()
+    stmt = _update_post_stmt(tuple(sorted(changes)), expected_versions is not None)
+    params = {"post": post_id, "actor": actor_id, "expected": list(expected_versions or ()), **changes}
+    row = db.session.connection().execute(stmt, params).first()
     if row is None:
         post = _editable(post_id, _actor(actor_id))
         check_version(expected_versions, post.version)
-        row = db.session.connection().execute(stmt, {"actor": actor_id}).first()
+        row = db.session.connection().execute(stmt, params).first()
+        if row is None:  # pragma: no cover  (the row is locked and was just checked)
+            raise NotFound(f"No post with id {post_id}.")
     db.session.commit()
     cache.invalidate(cache.post_key(post_id), cache.recent_posts_key(row.author_id))
     return _post_dict(row)
 
 
 _POST_COLUMNS = (Post.id, Post.title, Post.body, Post.version, Post.created_at, Post.updated_at)
+
+
+@functools.cache
+def _update_post_stmt(fields: tuple[str, ...], versioned: bool):
+    """The edit's UPDATE for these fields, built once: parameters `post`, `actor`,
+    `expected` (the versions, when `versioned`) and one per field."""
+    conditions = [Post.id == bindparam("post"), User.id == Post.author_id]
+    if versioned:
+        conditions.append(Post.version == any_(bindparam("expected", type_=ARRAY(BigInteger))))
+    return (
+        update(Post)
+        .where(*conditions, or_(Post.author_id == bindparam("actor"), _IS_ADMIN))
+        .values(**{field: bindparam(field) for field in fields}, version=Post.version + 1, updated_at=func.now())
+        .returning(*_POST_COLUMNS, User.id.label("author_id"), User.username, User.display_name)
+    )
 
 
 def delete_post(post_id: int, actor: User, expected_versions: Collection[int] | None) -> None:
