@@ -154,10 +154,11 @@ def update_profile(user_id: int, changes: dict, expected_versions: Collection[in
     row = db.session.connection().execute(stmt).first()
     if row is None:  # why: gone, or another version
         user = db.session.get(User, user_id, populate_existing=True)
+        active, version = (user.is_active, user.version) if user is not None else (False, None)
         db.session.rollback()
-        if user is None or not user.is_active:
+        if not active:
             return None
-        check_version(expected_versions, user.version)
+        check_version(expected_versions, version)
         raise RuntimeError("the profile update matched no row for no reason")  # pragma: no cover
     db.session.commit()
     cache.invalidate(cache.profile_key(user_id))
