@@ -41,8 +41,16 @@ def get_public(user_id: int) -> User:
     return user
 
 
-def _profile_json(user: User) -> bytes:
+def _profile_json(user) -> bytes:
     return current_app.json.dumps(_PUBLIC_USER.dump(user)).encode()
+
+
+@functools.cache
+def _public_profile_stmt():
+    """An active user's public columns (the schema's fields) as a plain row: a miss
+    needs no ORM object."""
+    columns = [User.__table__.c[name] for name in _PUBLIC_USER.fields]
+    return select(*columns).where(User.id == bindparam("user_id"), User.is_active)
 
 
 def public_profile_json(user_id: int) -> bytes:
@@ -51,7 +59,10 @@ def public_profile_json(user_id: int) -> bytes:
     cached = cache.get(key)
     if cached is not None:
         return cached
-    payload = _profile_json(get_public(user_id))
+    row = db.session.connection().execute(_public_profile_stmt(), {"user_id": user_id}).first()
+    if row is None:
+        raise NotFound(f"No user with id {user_id}.")
+    payload = _profile_json(row)
     cache.put(key, payload)
     return payload
 
