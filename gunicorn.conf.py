@@ -8,7 +8,7 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"  
 workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
 # threads per worker (gunicorn's gthread worker when more than one): a thread waiting on a
 # password hash (PASSWORD_HASHES_PER_PROCESS) or a slow client leaves the others serving
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = int(os.environ.get("WEB_THREADS", "8"))
 # well above DB_POOL_TIMEOUT, so a request waiting for a connection gets its 503, not a kill
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20"))
