@@ -6,7 +6,9 @@ import os
 # all interfaces by default: inside a container or behind a platform router
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
-threads = int(os.environ.get("WEB_THREADS", "1"))
+# threads per worker (gunicorn's gthread worker when more than one): a thread waiting on a
+# password hash (PASSWORD_HASHES_PER_PROCESS) or a slow client leaves the others serving
+threads = int(os.environ.get("WEB_THREADS", "8"))
 # well above DB_POOL_TIMEOUT, so a request waiting for a connection gets its 503, not a kill
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20"))

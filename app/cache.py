@@ -90,6 +90,23 @@ def _tally() -> _Tally:
     return tally
 
 
+def tombstone_key(key: str) -> str:
+    """Outside the prefixes the processes track (app/local_copies.py): no process keeps a
+    copy of a tombstone, so none needs to hear of one being set or expiring."""
+    return f"tombstone:{key}"
+
+
+# DEL each key and leave its tombstone (KEYS: the keys, then their tombstones in the same
+# order; ARGV: the tombstones' seconds): one command, whatever the number of keys
+_DELETE_LEAVING_TOMBSTONES = """
+local n = #KEYS / 2
+for i = 1, n do
+  redis.call('DEL', KEYS[i])
+  redis.call('SET', KEYS[n + i], 1, 'EX', ARGV[1])
+end
+return n
+"""
+
 # SET each key (KEYS: key, its tombstone, key, its tombstone, ...; ARGV: ttl, values in
 # order) unless a writer invalidated it moments ago; one script, not a pipeline of
 # scripts (redis-py asks SCRIPT EXISTS before every such pipeline: a second round trip)
@@ -173,7 +190,7 @@ def put_many(entries: list[tuple[str, bytes]]) -> None:
     """put() for several entries, in one round trip."""
     if not entries:
         return
-    keys = [name for key, _ in entries for name in (key, f"{key}:tombstone")]
+    keys = [name for key, _ in entries for name in (key, tombstone_key(key))]
     try:
         ttl = current_app.config["CACHE_TTL_SECONDS"]
         _script(_PUT_UNLESS_INVALIDATED)(keys=keys, args=[ttl, *(payload for _, payload in entries)])
@@ -200,11 +217,8 @@ def invalidate(*keys: str) -> None:
 
 
 def delete_now(keys) -> None:
-    pipe = _client().pipeline(transaction=False)
-    pipe.delete(*keys)
-    for key in keys:
-        pipe.set(f"{key}:tombstone", 1, ex=TOMBSTONE_SECONDS)
-    pipe.execute()
+    keys = list(keys)
+    _script(_DELETE_LEAVING_TOMBSTONES)(keys=keys + [tombstone_key(key) for key in keys], args=[TOMBSTONE_SECONDS])
 
 
 def stats() -> dict:

@@ -241,10 +241,23 @@ def load(overrides: dict | None = None) -> dict:
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=_int("JWT_ACCESS_TOKEN_MINUTES", 15)),
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=_int("JWT_REFRESH_TOKEN_DAYS", 30)),
         "JWT_ERROR_MESSAGE_KEY": "detail",
-        # argon2id cost; production refuses less than OWASP's minimum (OWASP_ARGON2)
-        "ARGON2_TIME_COST": _int("ARGON2_TIME_COST", 3),
-        "ARGON2_MEMORY_COST": _int("ARGON2_MEMORY_COST", 65536),
-        "ARGON2_PARALLELISM": _int("ARGON2_PARALLELISM", 2),
+        # how long a process trusts its memo that an account is active (no PostgreSQL round
+        # trip per request); an account changed through the API or the CLI is refused at
+        # once, one changed by hand in SQL within this many seconds
+        "ACCOUNT_RECHECK_SECONDS": _int("ACCOUNT_RECHECK_SECONDS", 60),
+        # argon2id cost: OWASP's recommended row (19 MiB, 2 passes, 1 lane) by default;
+        # production refuses less than every row of OWASP's table (OWASP_ARGON2). A hash
+        # made with other parameters is made again at the next login.
+        "ARGON2_TIME_COST": _int("ARGON2_TIME_COST", 2),
+        "ARGON2_MEMORY_COST": _int("ARGON2_MEMORY_COST", 19456),
+        "ARGON2_PARALLELISM": _int("ARGON2_PARALLELISM", 1),
+        # password hashes (login, registration, password change) one web process runs at
+        # once; more wait up to PASSWORD_HASH_WAIT_SECONDS, then get 503 with Retry-After.
+        # Keep it below the process's threads (WEB_THREADS): the others serve the rest.
+        "PASSWORD_HASHES_PER_PROCESS": _int("PASSWORD_HASHES_PER_PROCESS", 1),
+        "PASSWORD_HASH_WAIT_SECONDS": _float("PASSWORD_HASH_WAIT_SECONDS", 5.0),
+        # the niceness of the threads that hash (Linux; 0 keeps the process's priority)
+        "PASSWORD_HASH_NICE": _int("PASSWORD_HASH_NICE", 10),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
         "RETRY_AFTER_SECONDS": _int("RETRY_AFTER_SECONDS", 5),
         # login limits: tight per account (a username and its email are one) and client

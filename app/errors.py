@@ -77,6 +77,14 @@ def etag_of(version: int) -> str:
     return f"v{version}"
 
 
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
+def account_gone() -> Unauthorized:
+    """The caller's token is sound, but its account no longer exists or is inactive."""
+    return Unauthorized("The account of this token no longer exists or is inactive.", headers=BEARER_CHALLENGE)
+
+
 def check_version(expected: Collection[int] | None, version: int) -> None:
     """412 unless `version` is one the client expects; None means the client set no precondition."""
     if expected is not None and version not in expected:

@@ -1,17 +1,41 @@
 -- One wrk scenario, set by environment variables:
 --   BENCH_METHOD (GET), BENCH_PATH (may hold {id}: a random 1..BENCH_MAX_ID),
---   BENCH_BODY, BENCH_TOKEN (a bearer token).
+--   BENCH_BODY, BENCH_TOKEN (a bearer token),
+--   BENCH_MODE, with BENCH_ITEMS (a file, one item a line, split between the threads):
+--     "sequence": line "token id": each item once, in turn ({id} in the path is its id);
+--     "edit": line "token id etag": a pool of posts; each request takes one out, sends
+--       If-Match with its ETag and a body that changes it, and the answer puts it back
+--       with the new ETag (a connection never has a post another one is editing);
+--     "rotate": line "token": each request as the next token, BENCH_BODY's {n} a
+--       number new for each request.
 -- Prints one JSON line: requests, errors, latency percentiles (microseconds).
 local method = os.getenv("BENCH_METHOD") or "GET"
 local path = os.getenv("BENCH_PATH") or "/"
 local body = os.getenv("BENCH_BODY")
 local token = os.getenv("BENCH_TOKEN")
 local max_id = tonumber(os.getenv("BENCH_MAX_ID") or "1")
+local mode = os.getenv("BENCH_MODE") or ""
+local items_file = os.getenv("BENCH_ITEMS") or ""
+local threads = tonumber(os.getenv("BENCH_THREADS") or "2")
 local counter = 0
 
 setup = function(thread)
   counter = counter + 1
   thread:set("seed", counter)
+end
+
+local items, pool, owner = {}, {}, {}
+local next_item, sent = 1, 0
+
+local function headers_for(bearer, extra)
+  local h = {["Content-Type"] = "application/json"}
+  if bearer and bearer ~= "" then
+    h["Authorization"] = "Bearer " .. bearer
+  end
+  for k, v in pairs(extra or {}) do
+    h[k] = v
+  end
+  return h
 end
 
 init = function(args)
@@ -20,11 +44,55 @@ init = function(args)
   if token and token ~= "" then
     wrk.headers["Authorization"] = "Bearer " .. token
   end
+  if items_file ~= "" then
+    local i = 0
+    for line in io.lines(items_file) do
+      if i % threads == (seed or 1) - 1 then
+        local fields = {}
+        for field in line:gmatch("%S+") do
+          fields[#fields + 1] = field
+        end
+        items[#items + 1] = fields
+      end
+      i = i + 1
+    end
+    if mode == "edit" then
+      for _, item in ipairs(items) do
+        pool[#pool + 1] = item
+        owner[item[2]] = item[1]
+      end
+    end
+  end
 end
 
 request = function()
+  sent = sent + 1
+  if mode == "sequence" then
+    local item = items[next_item]
+    next_item = next_item % #items + 1
+    return wrk.format(method, path:gsub("{id}", item[2]), headers_for(item[1]), body)
+  elseif mode == "edit" then
+    local item = table.remove(pool)
+    local edit = string.format('{"body": "Edited under load, %d-%d."}', seed or 0, sent)
+    return wrk.format(method, path:gsub("{id}", item[2]), headers_for(item[1], {["If-Match"] = item[3]}), edit)
+  elseif mode == "rotate" then
+    local item = items[next_item]
+    next_item = next_item % #items + 1
+    local b = body:gsub("{n}", string.format("%d-%d", seed or 0, sent))
+    return wrk.format(method, path, headers_for(item[1]), b)
+  end
   local p = path:gsub("{id}", tostring(math.random(1, max_id)))
   return wrk.format(method, p, nil, body)
+end
+
+if mode == "edit" then
+  response = function(status, headers, response_body)
+    local id = response_body:match('"id": ?(%d+)')
+    local etag = headers["ETag"] or headers["Etag"] or headers["etag"]
+    if id and etag and owner[id] then
+      pool[#pool + 1] = {owner[id], id, etag}
+    end
+  end
 end
 
 done = function(summary, latency, requests)

@@ -9,6 +9,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select
 
 from app import cache
+from app.auth import revocation
 from app.auth.service import register, revoke_all_sessions
 from app.db import db
 from app.errors import Forbidden, NotFound, ValidationFailed
@@ -69,6 +70,8 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
         revoke_all_sessions(user_id, reason="deactivated")
     else:
         db.session.commit()
+    if is_active is not None:  # every process asks PostgreSQL about this account, at once
+        revocation.mark_accounts_changed([user_id])
     if is_active is None:
         cache.invalidate(cache.profile_key(user_id))
     else:  # they join or leave the users; their posts appear or vanish in lists and feeds

@@ -19,6 +19,11 @@ Each process keeps copies of the mirror keys it has read, present or missing
 (app/local_copies.py): Redis reports every change under `revoked:` to every process
 before it answers the change, so a revocation is refused at once everywhere, and a
 token already checked is checked again without a round trip.
+
+The same read fetches the account mark of the token's user (`revoked:account:{id}`),
+set for a while after the account is deactivated, reactivated or deleted through the
+API or the CLI: it tells every process to stop trusting its memo that the account is
+active (app/auth/tokens.py) and ask PostgreSQL, at once.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from flask import current_app
+from flask import current_app, g
 from redis.exceptions import RedisError
 from sqlalchemy import delete, exists, or_, select
 from sqlalchemy.dialects.postgresql import insert
@@ -50,6 +55,10 @@ def jti_key(jti: str) -> str:
 
 def sid_key(sid: str) -> str:
     return f"revoked:sid:{sid}"
+
+
+def account_key(user_id: int | str) -> str:
+    return f"revoked:account:{user_id}"
 
 
 def _now() -> datetime:
@@ -75,25 +84,46 @@ def _run_id(client) -> str:
     return _server["run_id"]
 
 
+# what the check learned of the token's account, for the account check after it
+MARKED, CLEAR, UNKNOWN = "marked", "clear", "unknown"
+
+
 def is_revoked(payload: dict) -> bool:
-    """True when the token's id or its session has been revoked."""
+    """True when the token's id or its session has been revoked.
+
+    It also notes in `g` what the mirror says of the token's account (account_mark):
+    MARKED (changed lately: ask PostgreSQL), CLEAR, or UNKNOWN (Redis down, or the
+    mirror incomplete)."""
     jti, sid = payload.get("jti"), payload.get("sid")
-    keys = [READY, jti_key(jti)] + ([sid_key(sid)] if sid else [])
+    keys = [READY, account_key(payload.get("sub")), jti_key(jti)] + ([sid_key(sid)] if sid else [])
     client = redis_store.client
     # this process's copies (Redis reports every change under revoked:, so "not revoked"
     # is kept too), the rest in one MGET
     local = local_copies.for_app(current_app, "revocation_local", client, ("revoked:",))
     try:
-        ready, *revoked = local.mget(keys, keep_missing=True) if local else client.mget(keys)
+        ready, account, *revoked = local.mget(keys, keep_missing=True) if local else client.mget(keys)
         complete = ready is not None and ready.decode() == _run_id(client)
     except RedisError as exc:
         _server["run_id"] = None
         log.warning("revocation check: Redis unavailable (%s); asking PostgreSQL", exc)
+        _note_account(payload, UNKNOWN)
         return _revoked_in_database(jti, sid)
     if not complete:
+        _note_account(payload, UNKNOWN)
         _queue_rebuild()
         return _revoked_in_database(jti, sid)
+    _note_account(payload, CLEAR if account is None else MARKED)
     return any(value is not None for value in revoked)
+
+
+def _note_account(payload: dict, state: str) -> None:
+    g.account_mark = (payload.get("jti"), state)
+
+
+def account_mark(payload: dict) -> str:
+    """What the revocation check of this token found of its account (UNKNOWN if none ran)."""
+    noted = g.get("account_mark")
+    return noted[1] if noted is not None and noted[0] == payload.get("jti") else UNKNOWN
 
 
 def _revoked_in_database(jti: str | None, sid: str | None) -> bool:
@@ -135,6 +165,26 @@ def mirror(*, tokens: Iterable[tuple[str, datetime]] = (), sessions: Iterable[tu
     except RedisError as exc:
         log.warning("revocation mirror write failed (%s); checks fall back to PostgreSQL", exc)
         # if Redis is unreachable, checks already ask PostgreSQL; the beat task re-mirrors
+        with contextlib.suppress(RedisError):
+            redis_store.client.delete(READY)
+
+
+def mark_accounts_changed(user_ids: Iterable[int]) -> None:
+    """After a commit that deactivated, reactivated or deleted accounts: every process
+    asks PostgreSQL about them, instead of trusting its memo, for twice as long as such
+    a memo lives (ACCOUNT_RECHECK_SECONDS). On failure, the mirror is marked incomplete
+    (the checks then ask PostgreSQL)."""
+    keys = [account_key(user_id) for user_id in user_ids]
+    if not keys:
+        return
+    seconds = 2 * current_app.config["ACCOUNT_RECHECK_SECONDS"] + 5
+    try:
+        pipe = redis_store.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, 1, ex=seconds)
+        pipe.execute()
+    except RedisError as exc:
+        log.warning("account mark write failed (%s); checks fall back to PostgreSQL", exc)
         with contextlib.suppress(RedisError):
             redis_store.client.delete(READY)
 

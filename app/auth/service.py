@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,7 +20,7 @@ from app import cache
 from app.auth import revocation
 from app.auth.tokens import expiry_of, issue_tokens
 from app.db import db
-from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from app.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized, ValidationFailed
 from app.models import AuthSession, User
 from app.pagination import Page, keyset_page
 
@@ -38,8 +42,47 @@ def hasher() -> PasswordHasher:
     return cached
 
 
+class _Hashing:
+    """This process's argon2 work: at most PASSWORD_HASHES_PER_PROCESS at once, each run
+    on a thread of its own at a lower CPU priority (PASSWORD_HASH_NICE, Linux), so a
+    flood of logins neither takes every thread of the process nor starves the requests
+    the other threads serve of CPU. A request waits for its turn at most
+    PASSWORD_HASH_WAIT_SECONDS, then gets 503 with Retry-After."""
+
+    def __init__(self, slots: int, nice: int):
+        self.slots = threading.BoundedSemaphore(slots)
+        self.nice = nice
+        self.pool = ThreadPoolExecutor(slots, thread_name_prefix="argon2", initializer=self._lower_priority)
+        self.pid = os.getpid()
+
+    def _lower_priority(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):  # per thread on Linux only
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+
+    def run(self, work, *args):
+        cfg = current_app.config
+        if not self.slots.acquire(timeout=cfg["PASSWORD_HASH_WAIT_SECONDS"]):
+            raise ServiceUnavailable(
+                "Too many logins at once; retry after the time in Retry-After.",
+                headers={"Retry-After": str(cfg["RETRY_AFTER_SECONDS"])},
+            )
+        try:
+            return self.pool.submit(work, *args).result()
+        finally:
+            self.slots.release()
+
+
+def _hashing() -> _Hashing:
+    hashing = current_app.extensions.get("password_hashing")
+    if hashing is None or hashing.pid != os.getpid():  # a forked child makes its own threads
+        cfg = current_app.config
+        hashing = _Hashing(max(1, cfg["PASSWORD_HASHES_PER_PROCESS"]), cfg["PASSWORD_HASH_NICE"])
+        current_app.extensions["password_hashing"] = hashing
+    return hashing
+
+
 def hash_password(password: str) -> str:
-    return hasher().hash(password)
+    return _hashing().run(hasher().hash, password)
 
 
 def register(username: str, email: str, password: str) -> User:
@@ -66,12 +109,18 @@ def register(username: str, email: str, password: str) -> User:
 def verify_password(user: User, password: str) -> bool:
     """Check a password; upgrade a hash made with older parameters (caller commits)."""
     ph = hasher()
+    stored = user.password_hash
+
+    def verify() -> str | None:  # the new hash when the stored one is outdated
+        ph.verify(stored, password)
+        return ph.hash(password) if ph.check_needs_rehash(stored) else None
+
     try:
-        ph.verify(user.password_hash, password)
+        rehashed = _hashing().run(verify)
     except (VerificationError, InvalidHashError):
         return False
-    if ph.check_needs_rehash(user.password_hash):
-        user.password_hash = ph.hash(password)
+    if rehashed is not None:
+        user.password_hash = rehashed
     return True
 
 
@@ -94,7 +143,7 @@ def authenticate(login: str, password: str) -> User:
     """
     user = db.session.scalars(select(User).where(_named_by(login))).first()
     if user is None:
-        hasher().hash(password)
+        hash_password(password)
         raise Unauthorized("Wrong login or password.")
     if not verify_password(user, password):
         raise Unauthorized("Wrong login or password.")

@@ -7,6 +7,8 @@ A token without a claim that issue_tokens gives it is refused as it is decoded.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -18,12 +20,11 @@ from werkzeug.local import LocalProxy
 
 from app.auth import revocation
 from app.db import db
-from app.errors import Unauthorized, problem
+from app.errors import BEARER_CHALLENGE, account_gone, problem
 from app.models import AuthSession, User
 from app.replicas import primary_reads
 from app.users import service as users
 
-BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
 # the claims issue_tokens gives every token, and those of each type besides
 REQUIRED_CLAIMS = ("sub", "jti", "type", "exp", "sid")
 REQUIRED_BY_TYPE = {"access": ("role",), "refresh": ()}
@@ -68,35 +69,85 @@ def check_claims(claims: dict) -> None:
         raise InvalidTokenError("The sid claim is not a session id") from exc
 
 
-def account_gone() -> Unauthorized:
-    return Unauthorized("The account of this token no longer exists or is inactive.", headers=BEARER_CHALLENGE)
+class _ActiveAccounts:
+    """This process's memo of accounts PostgreSQL said were active, and when it said so.
+
+    An account deactivated or deleted through the API or the CLI gets a mark in the
+    revocation mirror (revocation.mark_accounts_changed), which every process reads with
+    the token's revocation check: marked, the memo is not trusted. Changed by hand in
+    SQL, the account is seen at the next check after its memo is ACCOUNT_RECHECK_SECONDS
+    old. While the mirror cannot be trusted (Redis down, incomplete) every check asks
+    PostgreSQL and the memo is emptied: a mark may have been missed meanwhile.
+    """
+
+    MAX_ACCOUNTS = 100_000
+
+    def __init__(self):
+        self.checked: dict[int, float] = {}
+        self.lock = threading.Lock()
+
+    def fresh(self, user_id: int, seconds: float) -> bool:
+        checked = self.checked.get(user_id)
+        return checked is not None and time.monotonic() - checked < seconds
+
+    def remember(self, user_id: int, since: float) -> None:
+        with self.lock:
+            if len(self.checked) >= self.MAX_ACCOUNTS:
+                self.checked.clear()
+            self.checked[user_id] = since
+
+    def forget(self, user_id: int | None = None) -> None:
+        with self.lock:
+            if user_id is None:
+                self.checked.clear()
+            else:
+                self.checked.pop(user_id, None)
+
+
+def _active_accounts() -> _ActiveAccounts:
+    memo = current_app.extensions.get("active_accounts")
+    if memo is None:
+        memo = current_app.extensions["active_accounts"] = _ActiveAccounts()
+    return memo
+
+
+def account_active(token: dict) -> bool:
+    """Whether the token's account exists and is active, without a PostgreSQL round trip
+    when this process has asked lately and nothing has changed since (_ActiveAccounts)."""
+    user_id = int(token["sub"])
+    memo = _active_accounts()
+    mark = revocation.account_mark(token)
+    seconds = current_app.config["ACCOUNT_RECHECK_SECONDS"]
+    if mark == revocation.CLEAR and memo.fresh(user_id, seconds):
+        return True
+    if mark == revocation.UNKNOWN:
+        memo.forget()
+    asked = time.monotonic()
+    with primary_reads():
+        active = users.is_active(user_id)
+    if active and mark == revocation.CLEAR:
+        memo.remember(user_id, asked)
+    elif not active:
+        memo.forget(user_id)
+    return active
 
 
 def current_user_id() -> int:
     """The id of the caller of a `login_required` route, once its account is known to
-    exist and be active: one primary-key read of a column (no ORM object), for routes
-    that need only the id (the feed, my jobs, my sessions). However the account was
-    deactivated or removed (the admin API, a login racing it, SQL by hand), its tokens
-    stop working at once.
+    exist and be active (account_active: usually no query), for routes that need only
+    the id (the feed, follows, my profile, my jobs, my sessions). Deactivated or removed
+    through the API or the CLI (a login racing it included), its tokens stop working at
+    once; changed by hand in SQL, within ACCOUNT_RECHECK_SECONDS.
     """
     token = get_jwt()
     checked = g.get("caller_id")
     if checked is not None and checked[0] is token:  # `g` may outlive a request (tests)
         return checked[1]
-    user_id = int(token["sub"])
-    with primary_reads():
-        active = users.is_active(user_id)
-    if not active:
+    if not account_active(token):
         raise account_gone()
+    user_id = int(token["sub"])
     g.caller_id = (token, user_id)
     return user_id
-
-
-def token_user_id() -> int:
-    """The id the caller's token names, not yet checked against the account: for a
-    service that checks the account itself (the feed: on its own before a cached first
-    page, folded into the query of a later page)."""
-    return int(get_jwt()["sub"])
 
 
 def _load_current_user() -> User:

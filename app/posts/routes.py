@@ -8,7 +8,7 @@ from flask import Response, current_app, request, url_for
 
 from app import uploads
 from app.api import ApiBlueprint, expected_versions
-from app.auth.tokens import account_gone, current_user, token_user_id
+from app.auth.tokens import account_gone, current_user, current_user_id
 from app.errors import UnsupportedMediaType, etag_of
 from app.jobs.schemas import ImportFileSchema, ImportFormSchema, JobSchema
 from app.limits import get_remote_address, not_a_search, token_claim
@@ -44,7 +44,9 @@ def list_posts(args):
 @blp.response(201, PostSchema, headers={"Location": {"schema": {"type": "string"}}, **ETAG_HEADER})
 def create_post(body):
     """Write a post."""
-    post = service.create_post(current_user, body["title"], body["body"])
+    post = service.create_post(current_user_id(), body["title"], body["body"])
+    if post is None:
+        raise account_gone()
     return post, {"Location": url_for("posts.get_post", post_id=post["id"]), **_etag(post["version"])}
 
 
@@ -66,8 +68,8 @@ def get_post(post_id):
 @blp.alt_response(412, response="PRECONDITION_FAILED")
 def update_post(changes, post_id):
     """Edit a post (author or admin). Send `If-Match` with the ETag you read."""
-    post = service.update_post(post_id, current_user, changes, expected_versions(request.headers.get("If-Match")))
-    return post, _etag(post.version)
+    post = service.update_post(post_id, current_user_id(), changes, expected_versions(request.headers.get("If-Match")))
+    return post, _etag(post["version"])
 
 
 @blp.route("/posts/<id:post_id>", methods=["DELETE"])
@@ -129,7 +131,5 @@ def import_posts(files, form):
 @blp.response(200, page_of(PostSchema))
 def feed(args):
     """Posts by the users I follow, newest first."""
-    page = service.feed(token_user_id(), limit=args["limit"], cursor=args.get("cursor"))
-    if page is None:
-        raise account_gone()
+    page = service.feed(current_user_id(), limit=args["limit"], cursor=args.get("cursor"))
     return Response(page, mimetype="application/json")

@@ -7,18 +7,18 @@ from collections.abc import Collection
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import BigInteger, Select, any_, bindparam, delete, func, select, true
+from sqlalchemy import BigInteger, Select, any_, bindparam, delete, func, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import contains_eager
 
 from app import cache
 from app.db import db, statement_timeout
-from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, check_version
-from app.models import Follow, Post, User
+from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, account_gone, check_version
+from app.models import Follow, Post, Role, User
 from app.pagination import KeysetQuery, Page, comes_after, page_json
 from app.posts.schemas import PostSchema
-from app.users.service import bump_counters, get_public, is_active
+from app.users.service import bump_counters, get_public
 
 KEY_KINDS = [datetime, int]
 
@@ -91,9 +91,7 @@ def _feed_query() -> KeysetQuery:
     index, at most a page per author, then merged: the work grows with how many people
     the reader follows, not with how much they have written. Whether an author is active
     is one primary-key lookup per followed user (a join let the planner scan all users).
-    It finds nothing unless the reader's own account is active (one more lookup), which
-    spares a later page a round trip of its own for that check (the cached first page
-    checks first, on its own).
+    The reader's own account is the caller's to check (tokens.current_user_id).
     """
 
     def build(after):
@@ -104,12 +102,11 @@ def _feed_query() -> KeysetQuery:
             newest.order_by(Post.created_at.desc(), Post.id.desc()).limit(bindparam("page_limit")).lateral("newest")
         )
         author_active = select(User.is_active).where(User.id == Follow.followed_id).scalar_subquery()
-        reader_active = select(User.is_active).where(User.id == bindparam("reader")).scalar_subquery()
         return (
             select(newest.c.id, newest.c.created_at, newest.c.id.label("key_id"))
             .select_from(Follow)
             .join(newest, true())
-            .where(Follow.follower_id == bindparam("reader"), author_active, reader_active)
+            .where(Follow.follower_id == bindparam("reader"), author_active)
         )
 
     return KeysetQuery(build, KEY_KINDS)
@@ -188,23 +185,11 @@ def posts_of(user_id: int, *, limit: int, cursor: str | None) -> bytes:
     )
 
 
-def feed(user_id: int, *, limit: int, cursor: str | None) -> bytes | None:
-    """Posts by the active users `user_id` follows, newest first; None when `user_id` is
-    not an active account.
-
-    The first page comes from the cache, after the account is checked in PostgreSQL
-    (every request: a token outlives a flag changed by hand). Later pages fold that
-    check into their query, and ask on their own only when the page is empty.
-    """
-    if cursor is None:
-        if not is_active(user_id):
-            return None
-        first = _feed_query().page(limit=limit, cursor=None, cached_as=cache.feed_key(user_id), reader=user_id)
-        return _page_json(first)
-    page = _feed_query().page(limit=limit, cursor=cursor, reader=user_id)
-    if not page.items and not is_active(user_id):
-        return None
-    return _page_json(page)
+def feed(user_id: int, *, limit: int, cursor: str | None) -> bytes:
+    """Posts by the active users `user_id` (an active account, checked by the caller)
+    follows, newest first; the first page from the cache."""
+    cached_as = cache.feed_key(user_id) if cursor is None else None
+    return _page_json(_feed_query().page(limit=limit, cursor=cursor, cached_as=cached_as, reader=user_id))
 
 
 def posts_changed(author_id: int, *keys: str) -> None:
@@ -212,7 +197,24 @@ def posts_changed(author_id: int, *keys: str) -> None:
     `keys`, the newest posts, the author's newest-posts entry and the first feed page of
     each follower. Followers are read after the commit, so one who followed meanwhile
     either is in this list or read the feed after the change."""
-    followers = db.session.scalars(select(Follow.follower_id).where(Follow.followed_id == author_id)).all()
+    _posts_changed(author_id, followers_of(author_id), *keys)
+
+
+def followers_of(author_id: int) -> list[int]:
+    """The followers whose first feed page a change to `author_id`'s posts drops.
+
+    Read in the writing transaction after its statement that updated the author's row
+    (the post counter), it misses no one who follows meanwhile: a follow updates the
+    same row (the follower counter), so it either committed before that lock was had
+    (and this later statement sees it) or waits for this commit (and its own cache drop
+    comes after the change)."""
+    return list(db.session.connection().execute(_FOLLOWERS, {"author": author_id}).scalars())
+
+
+_FOLLOWERS = select(Follow.follower_id).where(Follow.followed_id == bindparam("author"))
+
+
+def _posts_changed(author_id: int, followers: list[int], *keys: str) -> None:
     cache.invalidate(
         *keys,
         cache.recent_posts_key(author_id),
@@ -221,22 +223,45 @@ def posts_changed(author_id: int, *keys: str) -> None:
     )
 
 
-_CREATED_COLUMNS = ("id", "title", "body", "version", "created_at", "updated_at")
+# the post and the author's counter in one statement, which is also the account check:
+# nothing is written unless the author is an active account
+_CREATE = text("""
+WITH author AS (
+    UPDATE users SET post_count = post_count + 1
+    WHERE id = :author AND is_active
+    RETURNING id, username, display_name
+), post AS (
+    INSERT INTO posts (author_id, title, body)
+    SELECT id, :title, :body FROM author
+    RETURNING id, title, body, version, created_at, updated_at
+)
+SELECT post.*, author.id AS author_id, author.username, author.display_name FROM post, author
+""")
 
 
-def create_post(author: User, title: str, body: str) -> dict:
-    """The new post as stored: its columns as the INSERT returned them (server defaults
-    included), taken before the commit expires them, with `author`'s summary: reading it
-    back after the commit would take two more queries."""
-    post = Post(author_id=author.id, title=title, body=body)
-    db.session.add(post)
-    db.session.flush()
-    created = {column: getattr(post, column) for column in _CREATED_COLUMNS}
-    created["author"] = {"id": author.id, "username": author.username, "display_name": author.display_name}
-    bump_counters(author.id, post_count=1)
+def create_post(author_id: int, title: str, body: str) -> dict | None:
+    """The new post as stored (server defaults included) with its author's summary; None
+    when `author_id` is not an active account (nothing is written).
+
+    One statement writes the post, counts it and returns what the 201 shows; the
+    followers to notify are read after it, in the same transaction (followers_of)."""
+    row = db.session.connection().execute(_CREATE, {"author": author_id, "title": title, "body": body}).first()
+    if row is None:
+        db.session.rollback()
+        return None
+    followers = followers_of(author_id)
     db.session.commit()
-    posts_changed(author.id, cache.profile_key(author.id))
-    return created
+    _posts_changed(author_id, followers, cache.profile_key(author_id))
+    return _post_dict(row)
+
+
+_AUTHOR_COLUMNS = (("id", "author_id"), ("username", "username"), ("display_name", "display_name"))
+
+
+def _post_dict(row) -> dict:
+    post = dict(row._mapping)
+    post["author"] = {name: post.pop(column) for name, column in _AUTHOR_COLUMNS}
+    return post
 
 
 def _editable(post_id: int, actor: User) -> Post:
@@ -247,17 +272,53 @@ def _editable(post_id: int, actor: User) -> Post:
     return post
 
 
-def update_post(post_id: int, actor: User, changes: dict, expected_versions: Collection[int] | None) -> Post:
-    """Apply `changes` under a row lock; 412 unless the post's version is one expected (None: any)."""
-    post = _editable(post_id, actor)
-    check_version(expected_versions, post.version)
-    for field, value in changes.items():
-        setattr(post, field, value)
-    post.version = Post.version + 1
-    post.updated_at = func.now()
+def _actor(actor_id: int) -> User:
+    actor = db.session.get(User, actor_id)
+    if actor is None or not actor.is_active:
+        raise account_gone()
+    return actor
+
+
+_IS_ADMIN = select(User.id).where(User.id == bindparam("actor"), User.role == Role.ADMIN.value, User.is_active).exists()
+
+
+def update_post(post_id: int, actor_id: int, changes: dict, expected_versions: Collection[int] | None) -> dict:
+    """Apply `changes` if `actor_id` is the author or an admin, and the post's version is
+    one expected (None: any); the post as stored, with its author's summary.
+
+    One UPDATE does it all when it may (READ COMMITTED checks its conditions again on
+    the row it waited for); only when it changed nothing is the post read, locked, to
+    say why (404, 403, 412), or changed if it may be after all."""
+    stmt = _update_post_stmt(tuple(sorted(changes)), expected_versions is not None)
+    params = {"post": post_id, "actor": actor_id, "expected": list(expected_versions or ()), **changes}
+    row = db.session.connection().execute(stmt, params).first()
+    if row is None:
+        post = _editable(post_id, _actor(actor_id))
+        check_version(expected_versions, post.version)
+        row = db.session.connection().execute(stmt, params).first()
+        if row is None:  # pragma: no cover  (the row is locked and was just checked)
+            raise NotFound(f"No post with id {post_id}.")
     db.session.commit()
-    cache.invalidate(cache.post_key(post_id), cache.recent_posts_key(post.author_id))
-    return get_post(post_id)
+    cache.invalidate(cache.post_key(post_id), cache.recent_posts_key(row.author_id))
+    return _post_dict(row)
+
+
+_POST_COLUMNS = (Post.id, Post.title, Post.body, Post.version, Post.created_at, Post.updated_at)
+
+
+@functools.cache
+def _update_post_stmt(fields: tuple[str, ...], versioned: bool):
+    """The edit's UPDATE for these fields, built once: parameters `post`, `actor`,
+    `expected` (the versions, when `versioned`) and one per field."""
+    conditions = [Post.id == bindparam("post"), User.id == Post.author_id]
+    if versioned:
+        conditions.append(Post.version == any_(bindparam("expected", type_=ARRAY(BigInteger))))
+    return (
+        update(Post)
+        .where(*conditions, or_(Post.author_id == bindparam("actor"), _IS_ADMIN))
+        .values(**{field: bindparam(field) for field in fields}, version=Post.version + 1, updated_at=func.now())
+        .returning(*_POST_COLUMNS, User.id.label("author_id"), User.username, User.display_name)
+    )
 
 
 def delete_post(post_id: int, actor: User, expected_versions: Collection[int] | None) -> None:

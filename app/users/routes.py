@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, request
 
 from app.api import ApiBlueprint, expected_versions
-from app.auth.tokens import current_user
+from app.auth.tokens import account_gone, current_user, current_user_id
 from app.errors import etag_of
 from app.jobs import service as jobs
 from app.jobs.schemas import JobSchema
@@ -54,8 +54,10 @@ def get_me():
 @blp.alt_response(412, response="PRECONDITION_FAILED")
 def update_me(changes):
     """Change my display name or bio. Send `If-Match` with the ETag you read."""
-    user = service.update_profile(current_user.id, changes, expected_versions(request.headers.get("If-Match")))
-    return user, {"ETag": f'"{etag_of(user.version)}"'}
+    user = service.update_profile(current_user_id(), changes, expected_versions(request.headers.get("If-Match")))
+    if user is None:
+        raise account_gone()
+    return user, {"ETag": f'"{etag_of(user["version"])}"'}
 
 
 @blp.route("/me/export", methods=["POST"])
@@ -95,7 +97,8 @@ def user_posts(args, user_id):
 @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 def follow(user_id):
     """Follow a user (idempotent)."""
-    service.follow(current_user.id, user_id)
+    if not service.follow(current_user_id(), user_id):
+        raise account_gone()
 
 
 @blp.route("/<id:user_id>/follow", methods=["DELETE"])
@@ -105,7 +108,8 @@ def follow(user_id):
 @blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
 def unfollow(user_id):
     """Stop following a user (idempotent)."""
-    service.unfollow(current_user.id, user_id)
+    if not service.unfollow(current_user_id(), user_id):
+        raise account_gone()
 
 
 @blp.route("/<id:user_id>/followers")

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from flask import current_app
 from sqlalchemy import BigInteger, bindparam, cast, func, or_, select, text, true, update
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from app import cache, queue
 from app.db import db
@@ -41,8 +41,16 @@ def get_public(user_id: int) -> User:
     return user
 
 
-def _profile_json(user: User) -> bytes:
+def _profile_json(user) -> bytes:
     return current_app.json.dumps(_PUBLIC_USER.dump(user)).encode()
+
+
+@functools.cache
+def _public_profile_stmt():
+    """An active user's public columns (the schema's fields) as a plain row: a miss
+    needs no ORM object."""
+    columns = [User.__table__.c[name] for name in _PUBLIC_USER.fields]
+    return select(*columns).where(User.id == bindparam("user_id"), User.is_active)
 
 
 def public_profile_json(user_id: int) -> bytes:
@@ -51,7 +59,10 @@ def public_profile_json(user_id: int) -> bytes:
     cached = cache.get(key)
     if cached is not None:
         return cached
-    payload = _profile_json(get_public(user_id))
+    row = db.session.connection().execute(_public_profile_stmt(), {"user_id": user_id}).first()
+    if row is None:
+        raise NotFound(f"No user with id {user_id}.")
+    payload = _profile_json(row)
     cache.put(key, payload)
     return payload
 
@@ -135,21 +146,37 @@ def recent_posts_json(user_ids: list[int], per_user: int = RECENT_POSTS) -> dict
     return {user_id: dumps(_POST_BRIEFS.dump(rows)).encode() for user_id, rows in by_author.items()}
 
 
-def update_profile(user_id: int, changes: dict, expected_versions: Collection[int] | None) -> User:
-    """Apply `changes` to the profile under a row lock; 412 unless its version is one expected
-    (None: any)."""
-    user = db.session.get(User, user_id, with_for_update=True, populate_existing=True)
-    check_version(expected_versions, user.version)
-    renamed = "display_name" in changes and changes["display_name"] != user.display_name
-    for field, value in changes.items():
-        setattr(user, field, value)
-    user.version = User.version + 1
-    user.updated_at = func.now()
+def update_profile(user_id: int, changes: dict, expected_versions: Collection[int] | None) -> dict | None:
+    """Apply `changes` to an active account's profile; 412 unless its version is one
+    expected (None: any). The profile as stored; None when the account is gone.
+
+    One UPDATE, which locks the row first (the sub-select) to know the name it had, and
+    checks the version on the row it locked."""
+    before = select(User.id, User.display_name).where(User.id == user_id).with_for_update().subquery("before")
+    conditions = [User.id == before.c.id, User.is_active]
+    if expected_versions is not None:
+        conditions.append(User.version.in_(list(expected_versions)))
+    stmt = (
+        update(User)
+        .where(*conditions)
+        .values(**changes, version=User.version + 1, updated_at=func.now())
+        .returning(*User.__table__.c, before.c.display_name.label("display_name_before"))
+    )
+    row = db.session.connection().execute(stmt).first()
+    if row is None:  # why: gone, or another version
+        user = db.session.get(User, user_id, populate_existing=True)
+        active, version = (user.is_active, user.version) if user is not None else (False, None)
+        db.session.rollback()
+        if not active:
+            return None
+        check_version(expected_versions, version)
+        raise RuntimeError("the profile update matched no row for no reason")  # pragma: no cover
     db.session.commit()
     cache.invalidate(cache.profile_key(user_id))
-    if renamed:
+    profile = dict(row._mapping)
+    if profile.pop("display_name_before") != profile["display_name"]:
         invalidate_author_posts_later(user_id)
-    return user
+    return profile
 
 
 def invalidate_author_posts_later(user_id: int) -> None:
@@ -177,48 +204,72 @@ def bump_counters(user_id: int, **deltas: int) -> None:
     )
 
 
-def follow(follower_id: int, followed_id: int) -> None:
-    """Idempotent: following twice is the same as once."""
+# One statement per follow or unfollow: whether the two accounts are active, the row,
+# and both counters. The two users' rows are locked in id order (ORDER BY ... FOR NO KEY
+# UPDATE), so two users following each other never deadlock. {change} is the INSERT or
+# the DELETE, returning a row when it changed something.
+_FOLLOW_PAIR = """
+WITH follower AS (
+    SELECT id FROM users WHERE id = :follower AND is_active
+), followed AS (
+    SELECT id FROM users WHERE id = :followed AND is_active
+), changed AS (
+    {change}
+), locked AS (
+    SELECT id FROM users
+    WHERE id IN (:follower, :followed) AND EXISTS (SELECT FROM changed)
+    ORDER BY id FOR NO KEY UPDATE
+), counted AS (
+    UPDATE users SET
+        following_count = following_count + CASE WHEN users.id = :follower THEN :delta ELSE 0 END,
+        follower_count = follower_count + CASE WHEN users.id = :followed THEN :delta ELSE 0 END
+    FROM locked WHERE users.id = locked.id
+    RETURNING users.id
+)
+SELECT EXISTS (SELECT FROM follower), EXISTS (SELECT FROM followed), (SELECT count(*) FROM counted) > 0
+"""
+_FOLLOW = text(
+    _FOLLOW_PAIR.format(
+        change="INSERT INTO follows (follower_id, followed_id) SELECT follower.id, followed.id FROM follower, followed"
+        " ON CONFLICT DO NOTHING RETURNING followed_id"
+    )
+)
+_UNFOLLOW = text(
+    _FOLLOW_PAIR.format(
+        change="DELETE FROM follows USING follower, followed"
+        " WHERE follower_id = follower.id AND followed_id = followed.id RETURNING followed_id"
+    )
+)
+
+
+def follow(follower_id: int, followed_id: int) -> bool:
+    """Idempotent: following twice is the same as once. False when the follower's own
+    account is gone; 404 when the one to follow is not an active user."""
     if follower_id == followed_id:
         raise ValidationFailed("You cannot follow yourself.", errors={"user_id": ["Cannot follow yourself."]})
-    get_public(followed_id)
-    inserted = db.session.execute(
-        insert(Follow)
-        .values(follower_id=follower_id, followed_id=followed_id)
-        .on_conflict_do_nothing()
-        .returning(Follow.follower_id)
-    ).first()
-    if inserted:
-        _bump_pair(follower_id, followed_id, +1)
-    db.session.commit()
-    if inserted:
-        cache.invalidate(cache.profile_key(follower_id), cache.profile_key(followed_id), cache.feed_key(follower_id))
+    return _change_follow(_FOLLOW, follower_id, followed_id, +1)
 
 
-def unfollow(follower_id: int, followed_id: int) -> None:
-    """Idempotent: unfollowing someone not followed is a no-op."""
+def unfollow(follower_id: int, followed_id: int) -> bool:
+    """Idempotent: unfollowing someone not followed is a no-op. False when the
+    follower's own account is gone; 404 when the other is not an active user."""
     if follower_id == followed_id:
         raise ValidationFailed("You cannot unfollow yourself.", errors={"user_id": ["Cannot unfollow yourself."]})
-    get_public(followed_id)
-    deleted = db.session.execute(
-        Follow.__table__.delete()
-        .where(Follow.follower_id == follower_id, Follow.followed_id == followed_id)
-        .returning(Follow.follower_id)
-    ).first()
-    if deleted:
-        _bump_pair(follower_id, followed_id, -1)
+    return _change_follow(_UNFOLLOW, follower_id, followed_id, -1)
+
+
+def _change_follow(stmt, follower_id: int, followed_id: int, delta: int) -> bool:
+    params = {"follower": follower_id, "followed": followed_id, "delta": delta}
+    follower_ok, followed_ok, changed = db.session.connection().execute(stmt, params).one()
+    if not (follower_ok and followed_ok):
+        db.session.rollback()
+        if not follower_ok:
+            return False
+        raise NotFound(f"No user with id {followed_id}.")
     db.session.commit()
-    if deleted:
+    if changed:
         cache.invalidate(cache.profile_key(follower_id), cache.profile_key(followed_id), cache.feed_key(follower_id))
-
-
-def _bump_pair(follower_id: int, followed_id: int, delta: int) -> None:
-    # lock the two rows in id order, so two users following each other never deadlock
-    for user_id in sorted((follower_id, followed_id)):
-        if user_id == follower_id:
-            bump_counters(user_id, following_count=delta)
-        else:
-            bump_counters(user_id, follower_count=delta)
+    return True
 
 
 def followers(user_id: int, *, limit: int, cursor: str | None) -> Page:

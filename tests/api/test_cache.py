@@ -55,7 +55,7 @@ def test_cached_entries_hold_nothing_private(client, login, redis_client):
     for raw in (raw_profile, raw_post):
         assert "@example.com" not in raw and "role" not in raw and "argon2" not in raw
     assert set(json.loads(raw_profile)) == PUBLIC_PROFILE_FIELDS
-    keys = {k.decode() for k in redis_client.scan_iter("user:v1:*") if not k.endswith(b":tombstone")}
+    keys = {k.decode() for k in redis_client.scan_iter("user:v1:*") if not k.startswith(b"tombstone:")}
     assert keys == {cache.profile_key(post.author_id)}  # /users/me was not cached
 
 
@@ -187,7 +187,7 @@ def test_the_cached_lists_follow_every_write_at_once(client, login, redis_client
 
     def cached_ids(url: str, key: str) -> list[int]:
         """The list as read back from its cache entry, put there after the last write."""
-        redis_client.delete(*redis_client.keys("*:tombstone") or ["-"])  # as if seconds had passed
+        redis_client.delete(*redis_client.keys("tombstone:*") or ["-"])  # as if seconds had passed
         client.get(url)
         assert redis_client.exists(key)
         return [item["id"] for item in client.get(url).get_json()["items"]]
@@ -237,7 +237,7 @@ def test_the_cached_first_feed_page_follows_every_write_at_once(client, login, r
     admin_headers = login(AdminFactory())
 
     def feed() -> list[int]:
-        redis_client.delete(*redis_client.keys("*:tombstone") or ["-"])  # as if seconds had passed
+        redis_client.delete(*redis_client.keys("tombstone:*") or ["-"])  # as if seconds had passed
         client.get(f"{FEED}?limit=2", headers=reader_headers)
         assert redis_client.exists(cache.feed_key(reader.id))
         return [item["id"] for item in client.get(f"{FEED}?limit=2", headers=reader_headers).get_json()["items"]]
