@@ -18,6 +18,7 @@ from werkzeug.http import parse_etags
 from werkzeug.routing import IntegerConverter
 
 from app.errors import PROBLEM_JSON, BadRequest, UnsupportedMediaType, etag_of, problem_from_http_exception
+from app.openapi import BEARER, REFRESH, SECURITY_SCHEMES, SWAGGER_UI_CONFIG, OperationConventions, swagger_ui_assets
 from app.pagination import PAGE_MAX
 
 BIGINT_MAX = 2**63 - 1
@@ -173,12 +174,13 @@ class ApiBlueprint(Blueprint):
         return decorator
 
     def login_required(self, *, refresh: bool = False):
-        """jwt_required(), documented: bearer security and the 401 it may answer."""
+        """jwt_required(), documented: the token it takes (access or refresh, each its own
+        security scheme, so Swagger UI sends the right one) and the 401 it may answer."""
 
         def decorator(func):
             guarded = jwt_required(refresh=refresh)(func)
             guarded = self.alt_response(401, response="UNAUTHORIZED")(guarded)
-            return self.doc(security=[{"bearerAuth": []}])(guarded)
+            return self.doc(security=[{REFRESH if refresh else BEARER: []}])(guarded)
 
         return decorator
 
@@ -272,12 +274,26 @@ class ProblemSchema(ma.Schema):
     detail = ma.fields.String()
     instance = ma.fields.String(allow_none=True)
     request_id = ma.fields.String(allow_none=True)
-    errors = ma.fields.Raw(metadata={"description": "field name -> list of messages"})
+    errors = ma.fields.Dict(
+        keys=ma.fields.String(),
+        metadata={
+            "description": "For each field: its messages, or (for a nested field) an object of the same shape.",
+            "additionalProperties": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
+            "example": {"title": ["Shorter than minimum length 1."]},
+        },
+    )
 
 
 class PageArgsSchema(StrictSchema):
-    limit = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=PAGE_MAX))
-    cursor = ma.fields.String(validate=ma.validate.Length(min=1, max=512))
+    limit = ma.fields.Integer(
+        load_default=20,
+        validate=ma.validate.Range(min=1, max=PAGE_MAX),
+        metadata={"description": "Items on this page."},
+    )
+    cursor = ma.fields.String(
+        validate=ma.validate.Length(min=1, max=512),
+        metadata={"description": "The next_cursor of the page before; absent for the first page."},
+    )
 
 
 _page_schemas: dict[str, type[ma.Schema]] = {}
@@ -342,10 +358,14 @@ class ProblemApi(Api):
 
 def init_api(app) -> ProblemApi:
     """The app's Api (one per app: flask-smorest keeps the OpenAPI document on it), with
-    the `<id:...>` converter and the bearer security scheme; blueprints come next."""
-    api = ProblemApi(app)
+    the `<id:...>` converter, the security schemes, the operation conventions and the
+    Swagger UI assets; blueprints come next."""
+    app.config.setdefault("OPENAPI_SWAGGER_UI_CONFIG", SWAGGER_UI_CONFIG)
+    api = ProblemApi(app, spec_kwargs={"extra_plugins": [OperationConventions()]})
     register_id_converter(app, api)
-    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    for name, scheme in SECURITY_SCHEMES.items():
+        api.spec.components.security_scheme(name, scheme)
+    app.register_blueprint(swagger_ui_assets())
     return api
 
 
