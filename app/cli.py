@@ -100,7 +100,7 @@ def seed_command(n_users: int, n_posts: int, n_follows: int, demo: bool, rng_see
     with click.progressbar(length=n_users, label="users and posts") as bar:
         done = seed.seed(n_users, n_posts, n_follows, rng_seed=rng_seed, with_admin=demo, progress=bar.update)
     click.echo(f"seeded {done.users} users, {done.posts} posts, {done.follows} follows")
-    logins = [f"admin: login=admin password={done.password}"] if done.admin else []
+    logins = [f"admin: login=admin password={done.admin_password}"] if done.admin_password else []
     if done.users:
         logins.append(f"users: login=user{done.first} .. user{done.first + done.users - 1} password={done.password}")
     click.echo("\nLogins:\n  " + "\n  ".join(logins))

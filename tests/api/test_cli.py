@@ -71,10 +71,13 @@ def test_demo_seed_runs_once_and_keeps_the_logins(app, tmp_path, monkeypatch, cl
     assert first.exit_code == 0, first.output
     logins = (tmp_path / "demo-logins.txt").read_text()
     assert "login=admin" in logins
-    password = logins.split("password=")[1].split()[0]
-    assert client.post("/api/v1/auth/login", json={"login": "admin", "password": password}).status_code == 200
-    first_user = logins.split("users: login=")[1].split()[0]
+    admin_password = logins.split("admin: login=admin password=")[1].split()[0]
+    assert client.post("/api/v1/auth/login", json={"login": "admin", "password": admin_password}).status_code == 200
+    first_user, password = logins.split("users: login=")[1].split(" password=")
+    first_user, password = first_user.split()[0], password.split()[0]
+    assert password != admin_password  # the admin has a password of its own
     assert client.post("/api/v1/auth/login", json={"login": first_user, "password": password}).status_code == 200
+    assert client.post("/api/v1/auth/login", json={"login": "admin", "password": password}).status_code == 401
     again = runner.invoke(args=["seed", "--demo"])
     assert "already loaded" in again.output
     assert count(User) == 6
