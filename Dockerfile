@@ -5,7 +5,7 @@
 #   release       flask db upgrade
 #   worker_short  celery -A worker worker -Q short --hostname short@%h --loglevel=INFO --concurrency=2
 #   worker_long   celery -A worker worker -Q long --hostname long@%h --loglevel=INFO --concurrency=2
-#   beat          celery -A worker beat --loglevel=INFO --schedule=/tmp/celerybeat-schedule
+#   beat          celery -A worker beat --loglevel=INFO --schedule=instance/celerybeat-schedule
 # worker_short runs the tasks that take milliseconds (cache invalidation, the revocation
 # mirror), worker_long the jobs and purges (app/queue.py routes each task); run both.
 

@@ -21,10 +21,14 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	@touch $@
 
 ## run: the whole service (API on http://127.0.0.1:5000, both workers, beat) with demo data
+# scripts/announce.py prints the URLs and the demo logins once everything is up (after
+# the processes' own banners); Ctrl-C stops it all and make reports no error.
 run: export APP_ENV = development
 run: $(BIN)/.installed
 	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/flask seed --demo \
-	  && HOST=127.0.0.1 PORT=$${PORT:-5000} LOG_FORMAT=$${LOG_FORMAT:-text} exec $(BIN)/honcho -f Procfile start web worker_short worker_long beat'
+	  && export HOST=127.0.0.1 PORT=$${PORT:-5000} LOG_FORMAT=$${LOG_FORMAT:-text} \
+	  && { $(BIN)/python scripts/announce.py & } \
+	  && exec $(BIN)/honcho -f Procfile start web worker_short worker_long beat'
 
 ## test: the whole suite against real PostgreSQL and Redis, with branch coverage
 test: export APP_ENV = test
