@@ -12,11 +12,14 @@ export FLASK_APP := wsgi:app
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test bench bench-import profile lint format services-up services-down reset clean
+.PHONY: run test bench bench-import profile lock lint format services-up services-down reset clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+# the runtime packages from the lock (as the image and a buildpack install them), then
+# the package and its dev tools
+$(BIN)/.installed: setup.cfg pyproject.toml requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
@@ -52,6 +55,11 @@ profile: $(BIN)/.installed
 bench-import: export APP_ENV = development
 bench-import: $(BIN)/.installed
 	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/python bench/import_throughput.py $(LINES)'
+
+## lock: pin the runtime packages, with hashes, in requirements.txt (newest within setup.cfg's ranges)
+lock: $(BIN)/.installed
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/python -m piptools compile --quiet --generate-hashes \
+	  --strip-extras --no-emit-index-url --no-emit-find-links --output-file requirements.txt setup.cfg
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
