@@ -83,7 +83,8 @@ class OperationConventions(BasePlugin):
 
 def swagger_ui_assets() -> Blueprint:
     """Serves the Swagger UI files /docs loads (OPENAPI_SWAGGER_UI_URL points here)."""
-    blueprint = Blueprint("swagger_ui_assets", __name__)
+    # named as a part of the docs (flask-smorest's own blueprint is "api-docs")
+    blueprint = Blueprint("api-docs-assets", __name__)
 
     @blueprint.route(SWAGGER_UI_ASSETS + "<path:filename>")
     def asset(filename: str):
