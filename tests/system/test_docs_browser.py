@@ -67,6 +67,7 @@ def test_docs_render_offline_in_a_headless_browser(app, committed, test_db_url, 
     finally:
         web.stop()
     assert 'class="swagger-ui' in dom, dom[-2000:]
+    assert "Failed to load API definition" not in dom
     operation_ids = [op["operationId"] for ops in spec["paths"].values() for op in ops.values() if "responses" in op]
     # displayOperationId: each operation's id is on the page, so each operation is
     missing = [op_id for op_id in operation_ids if op_id not in dom]
