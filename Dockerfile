@@ -5,7 +5,7 @@
 #   release       flask db upgrade
 #   worker_short  celery -A worker worker -Q short --hostname short@%h --loglevel=INFO --concurrency=2
 #   worker_long   celery -A worker worker -Q long --hostname long@%h --loglevel=INFO --concurrency=2
-#   beat          celery -A worker beat --loglevel=INFO --schedule=/tmp/celerybeat-schedule
+#   beat          celery -A worker beat --loglevel=INFO --schedule=instance/celerybeat-schedule
 # worker_short runs the tasks that take milliseconds (cache invalidation, the revocation
 # mirror), worker_long the jobs and purges (app/queue.py routes each task); run both.
 
@@ -22,17 +22,17 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --upgrade pip
 
 WORKDIR /src
-# Dependencies first, from setup.cfg alone, so this layer is reused while only code
-# changes. (setup.cfg reads README.md as the long description; the two packages are
-# empty stand-ins here.) All dependencies ship wheels: no compiler needed.
+# Dependencies first, from the lock alone (exact versions, checked against their hashes;
+# pip refuses a package the lock does not pin), so every build gets the same packages
+# and this layer is reused while only code changes. All of them ship wheels: no compiler.
+COPY requirements.txt ./
+RUN pip install --require-hashes -r requirements.txt
+# then the package itself (setup.cfg reads README.md as the long description), whose
+# dependencies the lock has already installed
 COPY setup.cfg pyproject.toml README.md ./
-RUN mkdir app worker && touch app/__init__.py worker/__init__.py \
-    && pip install . \
-    && rm -rf app worker build *.egg-info
-# then the real package (no dependencies to fetch any more)
 COPY app ./app
 COPY worker ./worker
-RUN pip install --no-deps --force-reinstall . \
+RUN pip install --no-deps . \
     && pip check
 
 # --- final image ------------------------------------------------------------------------

@@ -12,19 +12,26 @@ export FLASK_APP := wsgi:app
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test bench bench-import profile lint format services-up services-down reset clean
+.PHONY: run test bench bench-import profile lock lint format services-up services-down reset clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+# the runtime packages from the lock (as the image and a buildpack install them), then
+# the package and its dev tools
+$(BIN)/.installed: setup.cfg pyproject.toml requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
 ## run: the whole service (API on http://127.0.0.1:5000, both workers, beat) with demo data
+# scripts/announce.py prints the URLs and the demo logins once everything is up (after
+# the processes' own banners); Ctrl-C stops it all and make reports no error.
 run: export APP_ENV = development
 run: $(BIN)/.installed
 	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/flask seed --demo \
-	  && HOST=127.0.0.1 PORT=$${PORT:-5000} LOG_FORMAT=$${LOG_FORMAT:-text} exec $(BIN)/honcho -f Procfile start web worker_short worker_long beat'
+	  && export HOST=127.0.0.1 PORT=$${PORT:-5000} LOG_FORMAT=$${LOG_FORMAT:-text} \
+	  && { $(BIN)/python scripts/announce.py & } \
+	  && exec $(BIN)/honcho -f Procfile start web worker_short worker_long beat'
 
 ## test: the whole suite against real PostgreSQL and Redis, with branch coverage
 test: export APP_ENV = test
@@ -48,6 +55,11 @@ profile: $(BIN)/.installed
 bench-import: export APP_ENV = development
 bench-import: $(BIN)/.installed
 	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/python bench/import_throughput.py $(LINES)'
+
+## lock: pin the runtime packages, with hashes, in requirements.txt (newest within setup.cfg's ranges)
+lock: $(BIN)/.installed
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/python -m piptools compile --quiet --generate-hashes \
+	  --strip-extras --no-emit-index-url --no-emit-find-links --output-file requirements.txt setup.cfg
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -21,6 +21,7 @@ from werkzeug.routing import IntegerConverter
 
 from app.db import READ_ONLY_METHODS
 from app.errors import PROBLEM_JSON, BadRequest, UnsupportedMediaType, etag_of, problem_from_http_exception
+from app.openapi import BEARER, REFRESH, SECURITY_SCHEMES, SWAGGER_UI_CONFIG, OperationConventions, swagger_ui_assets
 from app.replicas import retry_on_primary
 from app.schemas import ProblemSchema
 
@@ -197,12 +198,13 @@ class ApiBlueprint(Blueprint):
         return decorator
 
     def login_required(self, *, refresh: bool = False):
-        """jwt_required(), documented: bearer security and the 401 it may answer."""
+        """jwt_required(), documented: the token it takes (access or refresh, each its own
+        security scheme, so Swagger UI sends the right one) and the 401 it may answer."""
 
         def decorator(func):
             guarded = jwt_required(refresh=refresh)(func)
             guarded = self.alt_response(401, response="UNAUTHORIZED")(guarded)
-            return self.doc(security=[{"bearerAuth": []}])(guarded)
+            return self.doc(security=[{REFRESH if refresh else BEARER: []}])(guarded)
 
         return decorator
 
@@ -283,10 +285,14 @@ class ProblemApi(Api):
 
 def init_api(app) -> ProblemApi:
     """The app's Api (one per app: flask-smorest keeps the OpenAPI document on it), with
-    the `<id:...>` converter and the bearer security scheme; blueprints come next."""
-    api = ProblemApi(app)
+    the `<id:...>` converter, the security schemes, the operation conventions and the
+    Swagger UI assets; blueprints come next."""
+    app.config.setdefault("OPENAPI_SWAGGER_UI_CONFIG", SWAGGER_UI_CONFIG)
+    api = ProblemApi(app, spec_kwargs={"extra_plugins": [OperationConventions()]})
     register_id_converter(app, api)
-    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    for name, scheme in SECURITY_SCHEMES.items():
+        api.spec.components.security_scheme(name, scheme)
+    app.register_blueprint(swagger_ui_assets())
     return api
 
 

@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 import click
+import psycopg
+import redis.exceptions
+import sqlalchemy.exc
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from flask_migrate.cli import db as db_cli
@@ -95,7 +100,7 @@ def seed_command(n_users: int, n_posts: int, n_follows: int, demo: bool, rng_see
     with click.progressbar(length=n_users, label="users and posts") as bar:
         done = seed.seed(n_users, n_posts, n_follows, rng_seed=rng_seed, with_admin=demo, progress=bar.update)
     click.echo(f"seeded {done.users} users, {done.posts} posts, {done.follows} follows")
-    logins = [f"admin: login=admin password={done.password}"] if done.admin else []
+    logins = [f"admin: login=admin password={done.admin_password}"] if done.admin_password else []
     if done.users:
         logins.append(f"users: login=user{done.first} .. user{done.first + done.users - 1} password={done.password}")
     click.echo("\nLogins:\n  " + "\n  ".join(logins))
@@ -125,13 +130,13 @@ def pool_status_command() -> None:
     else:
         options = status.settings
         click.echo(
-            f"pool per process: size {options['pool_size']}, max overflow {options['max_overflow']}, "
-            f"timeout {options['pool_timeout']} s, recycle {options['pool_recycle']} s"
+            f"each process keeps up to {options['pool_size']} connections, opens up to "
+            f"{options['max_overflow']} more while busy, waits {options['pool_timeout']} s for a free one "
+            f"(then answers 503), and replaces each after {options['pool_recycle']} s"
         )
     click.echo(f"this process: {status.this_process}")
-    click.echo(f"server connections to this database (max_connections {status.max_connections}):")
-    for app_name, state, count in status.connections:
-        click.echo(f"  {app_name:<24} {state:<20} {count}")
+    click.echo(f"connections open to this database, by application (the server allows {status.max_connections}):")
+    _table(("APPLICATION", "STATE", "CONNECTIONS"), [(name, state, str(n)) for name, state, n in status.connections])
 
 
 cache_cli = AppGroup("cache", help="The Redis cache of public profiles and posts.")
@@ -163,9 +168,9 @@ def _run_with_bar(job, label: str) -> None:
         status = jobs.run(job.id, on_progress=advance)
     job = admin.job_as_stored(job.id)
     summary = {k: v for k, v in (job.result or {}).items() if k != "errors"}
-    click.echo(f"job {job.id}: {status}  {summary}")
+    click.echo(f"job {job.id}: {status}  {_json(summary)}")
     for report in (job.result or {}).get("errors", [])[:20]:
-        click.echo(f"  line {report['line']}: {report['errors']}")
+        click.echo(f"  line {report['line']}: {_json(report['errors'])}")
     if job.error:
         raise click.ClickException(job.error["detail"])
 
@@ -193,12 +198,81 @@ def recount() -> None:
 @click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed"]))
 def list_jobs(limit: int, status: str | None) -> None:
     """The newest jobs of everyone."""
-    for job, owner in admin.newest_jobs(limit=limit, status=status):
-        total = job.progress_total if job.progress_total is not None else "?"
-        click.echo(
-            f"{job.id}  {job.kind:<12} {job.status:<9} {job.progress_done}/{total}  "
-            f"{owner or '-':<16} {job.created_at:%Y-%m-%d %H:%M:%S}"
+    rows = [
+        (
+            str(job.id),
+            job.kind,
+            job.status,
+            f"{job.progress_done}/{job.progress_total if job.progress_total is not None else '?'}",
+            owner or "-",
+            f"{job.created_at:%Y-%m-%d %H:%M:%S}",
         )
+        for job, owner in admin.newest_jobs(limit=limit, status=status)
+    ]
+    if not rows:
+        click.echo(f"no {status} jobs" if status else "no jobs")
+        return
+    _table(("ID", "KIND", "STATUS", "PROGRESS", "OWNER", "CREATED (UTC)"), rows)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A header row and left-aligned columns, each as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _json(value) -> str:
+    """A job's report as JSON (what the API shows), not Python's repr."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+# -- a backing service that cannot be reached: one line and what to do, no traceback ----
+
+UNREACHABLE_HINT = {
+    "PostgreSQL": 'run the command under make (`make run` starts the servers; `eval "$(make -s services-up)"` '
+    "points this shell at them), or set DATABASE_URL",
+    "Redis": 'run the command under make (`eval "$(make -s services-up)"` points this shell at the '
+    "servers), or set REDIS_URL",
+}
+
+
+def unreachable_service(error: BaseException) -> tuple[str, str] | None:
+    """(service, reason) when `error` says PostgreSQL or Redis could not be reached, else None.
+
+    A plain psycopg.OperationalError is a failed connection; its subclasses are errors
+    the server reported (a cancelled statement ...), which keep their traceback.
+    """
+    if isinstance(error, sqlalchemy.exc.OperationalError) and type(error.orig) is psycopg.OperationalError:
+        return "PostgreSQL", str(error.orig).strip().splitlines()[0]
+    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return "Redis", str(error).strip().splitlines()[0]
+    return None
+
+
+def _reporting_unreachable_services(callback):
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except Exception as error:
+            found = unreachable_service(error)
+            if found is None:
+                raise
+            service, reason = found
+            raise click.ClickException(f"cannot reach {service} ({reason}); {UNREACHABLE_HINT[service]}") from None
+
+    wrapper.reports_unreachable_services = True
+    return wrapper
+
+
+def report_unreachable_services(group: click.Group) -> None:
+    """Wrap every command of `group` (and of its subgroups) once."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            report_unreachable_services(command)
+        elif command.callback and not getattr(command.callback, "reports_unreachable_services", False):
+            command.callback = _reporting_unreachable_services(command.callback)
 
 
 def register_cli(app: Flask) -> None:
@@ -206,3 +280,6 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(cache_cli)
     app.cli.add_command(jobs_cli)
     app.cli.add_command(seed_command)
+    report_unreachable_services(app.cli)
+    # `flask db` is Flask-Migrate's group (pool-status joins it above)
+    report_unreachable_services(db_cli)

@@ -276,7 +276,9 @@ def load(overrides: dict | None = None) -> dict:
         "OPENAPI_URL_PREFIX": "/",
         "OPENAPI_JSON_PATH": "openapi.json",
         "OPENAPI_SWAGGER_UI_PATH": "/docs",
-        "OPENAPI_SWAGGER_UI_URL": os.environ.get("SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"),
+        # by default the app serves the assets itself, from the flask-swagger-ui package
+        # (app/openapi.py), so /docs needs no CDN
+        "OPENAPI_SWAGGER_UI_URL": os.environ.get("SWAGGER_UI_URL") or "/docs/assets/",
     }
     if env == "test":
         # cheap hashing keeps the suite fast; the production cost is set above

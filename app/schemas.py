@@ -96,12 +96,26 @@ class ProblemSchema(ma.Schema):
     detail = ma.fields.String()
     instance = ma.fields.String(allow_none=True)
     request_id = ma.fields.String(allow_none=True)
-    errors = ma.fields.Raw(metadata={"description": "field name -> list of messages"})
+    errors = ma.fields.Dict(
+        keys=ma.fields.String(),
+        metadata={
+            "description": "For each field: its messages, or (for a nested field) an object of the same shape.",
+            "additionalProperties": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "object"}]},
+            "example": {"title": ["Shorter than minimum length 1."]},
+        },
+    )
 
 
 class PageArgsSchema(StrictSchema):
-    limit = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=PAGE_MAX))
-    cursor = ma.fields.String(validate=ma.validate.Length(min=1, max=512))
+    limit = ma.fields.Integer(
+        load_default=20,
+        validate=ma.validate.Range(min=1, max=PAGE_MAX),
+        metadata={"description": "Items on this page."},
+    )
+    cursor = ma.fields.String(
+        validate=ma.validate.Length(min=1, max=512),
+        metadata={"description": "The next_cursor of the page before; absent for the first page."},
+    )
 
 
 _page_schemas: dict[str, type[ma.Schema]] = {}

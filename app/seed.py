@@ -27,12 +27,12 @@ CHUNK = 500  # users per INSERT and per commit
 
 @dataclass(frozen=True)
 class Seeded:
-    password: str  # every account's, the admin's too
+    password: str  # every generated user's
     first: int  # the first new user is user<first>
     users: int
     posts: int
     follows: int
-    admin: bool
+    admin_password: str | None  # the admin's own (None: no admin made)
 
 
 def has_users() -> bool:
@@ -54,8 +54,10 @@ def seed(
     rng = random.Random(rng_seed)
     password = secrets.token_urlsafe(12)
     first = db.session.scalar(select(func.coalesce(func.max(User.id), 0))) + 1
-    if with_admin:
-        admin.create_admin("admin", "admin@example.com", password)
+    # its own password: knowing a demo user's does not give the admin's
+    admin_password = secrets.token_urlsafe(12) if with_admin else None
+    if admin_password:
+        admin.create_admin("admin", "admin@example.com", admin_password)
     password_hash = auth.hash_password(password)
     now = datetime.now(UTC)
     new_ids: list[int] = []
@@ -75,7 +77,7 @@ def seed(
     db.session.commit()
     users.recount_counters()
     cache.invalidate(cache.users_key(), cache.newest_posts_key())  # written here, not by the services
-    return Seeded(password, first, n_users, n_users * n_posts, len(follows), with_admin)
+    return Seeded(password, first, n_users, n_users * n_posts, len(follows), admin_password)
 
 
 def _sentence(rng: random.Random, n: int) -> str:

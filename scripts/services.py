@@ -195,16 +195,25 @@ def up() -> tuple[dict[str, str], list]:
 
 
 def run(command: list[str]) -> int:
+    """The child's exit status; 0 when it ended because of Ctrl-C, the way a developer
+    stops `make run` (so make reports no error)."""
     env, started = up()
     child = subprocess.Popen(command, env={**os.environ, **env})
-    # Ctrl-C reaches the whole process group; let the child shut down, then clean up.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupted = False
+
+    def _interrupt(*_):
+        # Ctrl-C reaches the whole process group: the child shuts down by itself
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
     try:
-        return child.wait()
+        status = child.wait()
     finally:
         for stop in reversed(started):
             stop()
+    return 0 if interrupted else status
 
 
 def main() -> int:

@@ -2,7 +2,8 @@
 # A first session with the API, step by step: register two accounts, log in, post,
 # follow, read the feed, page through posts, edit with If-Match, log out.
 #
-#   sh scripts/walkthrough.sh                        # against `make run`
+#   sh scripts/walkthrough.sh                        # against `make run` (on PORT, 5000 by default)
+#   PORT=8000 sh scripts/walkthrough.sh              # `PORT=8000 make run`
 #   API=https://postboard.example.com sh scripts/walkthrough.sh
 #
 # Needs only curl and python3 (to read a field of a JSON body). Every step checks its
@@ -11,7 +12,7 @@
 # the registration limit (RATELIMIT_REGISTER_PER_IP, 10 per hour; two per run).
 set -eu
 
-API=${API:-http://127.0.0.1:5000}
+API=${API:-http://127.0.0.1:${PORT:-5000}}
 V1="$API/api/v1"
 RUN=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
 ALICE="alice_$RUN"

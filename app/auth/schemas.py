@@ -10,10 +10,11 @@ from marshmallow import validate
 
 from app.schemas import StrictSchema
 
-USERNAME = validate.And(
+# lists, not validate.And: the OpenAPI document states each rule (minLength, pattern ...)
+USERNAME = [
     validate.Length(min=3, max=30),
     validate.Regexp(r"^[A-Za-z0-9_]+$", error="Use letters, digits and underscores only."),
-)
+]
 
 
 @cache
@@ -28,25 +29,48 @@ def _not_common(value: str) -> None:
         raise ma.ValidationError("This password is too common; choose another.")
 
 
-PASSWORD = validate.And(validate.Length(min=10, max=128), _not_common)
+PASSWORD = [validate.Length(min=10, max=128), _not_common]
+PASSWORD_RULES = "10 to 128 characters, not one of the 10,000 most common passwords."  # noqa: S105
 
 
 class RegisterSchema(StrictSchema):
-    username = ma.fields.String(required=True, validate=USERNAME)
-    email = ma.fields.Email(required=True, validate=validate.Length(max=254))
-    password = ma.fields.String(required=True, load_only=True, validate=PASSWORD)
+    username = ma.fields.String(
+        required=True,
+        validate=USERNAME,
+        metadata={"description": "3 to 30 letters, digits or underscores; unique.", "example": "alice"},
+    )
+    email = ma.fields.Email(
+        required=True,
+        validate=validate.Length(max=254),
+        metadata={"description": "Up to 254 characters; unique.", "example": "alice@example.com"},
+    )
+    password = ma.fields.String(
+        required=True,
+        load_only=True,
+        validate=PASSWORD,
+        metadata={"description": PASSWORD_RULES, "example": "correct-horse-battery"},
+    )
 
 
 class LoginSchema(StrictSchema):
     login = ma.fields.String(
-        required=True, validate=validate.Length(min=1, max=254), metadata={"description": "username or email"}
+        required=True,
+        validate=validate.Length(min=1, max=254),
+        metadata={"description": "username or email", "example": "alice"},
     )
-    password = ma.fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=128))
+    password = ma.fields.String(
+        required=True,
+        load_only=True,
+        validate=validate.Length(min=1, max=128),
+        metadata={"example": "correct-horse-battery"},
+    )
 
 
 class PasswordChangeSchema(StrictSchema):
     current_password = ma.fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=128))
-    new_password = ma.fields.String(required=True, load_only=True, validate=PASSWORD)
+    new_password = ma.fields.String(
+        required=True, load_only=True, validate=PASSWORD, metadata={"description": PASSWORD_RULES}
+    )
 
 
 class SessionSchema(ma.Schema):
@@ -60,7 +84,13 @@ class SessionSchema(ma.Schema):
 
 
 class TokenPairSchema(ma.Schema):
-    access_token = ma.fields.String(required=True)
-    refresh_token = ma.fields.String(required=True)
+    access_token = ma.fields.String(
+        required=True, metadata={"description": "send as `Authorization: Bearer ...`", "example": "eyJhbGciOi..."}
+    )
+    refresh_token = ma.fields.String(
+        required=True, metadata={"description": "for POST /auth/refresh only; works once", "example": "eyJhbGciOi..."}
+    )
     token_type = ma.fields.String(required=True, metadata={"example": "Bearer"})
-    expires_in = ma.fields.Integer(required=True, metadata={"description": "access token lifetime, seconds"})
+    expires_in = ma.fields.Integer(
+        required=True, metadata={"description": "access token lifetime, seconds", "example": 900}
+    )

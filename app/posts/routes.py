@@ -30,8 +30,8 @@ def _etag(version: int) -> dict:
 @blp.arguments(PostListArgsSchema, location="query")
 @blp.response(200, page_of(PostSchema))
 def list_posts(args):
-    """Newest first; `?author=` one author's; `?q=` full-text search (limited per
-    address, and answered 503 when it takes too long)."""
+    """All posts, newest first. `?author=` one author's; `?q=` full-text search (limited
+    per address, and answered 503 when it takes too long)."""
     page = service.list_posts(
         limit=args["limit"], cursor=args.get("cursor"), author=args.get("author"), q=args.get("q")
     )

@@ -18,17 +18,17 @@ def _not_blank(value: str) -> None:
 
 
 class PostSchema(ma.Schema):
-    id = ma.fields.Integer(required=True)
-    title = ma.fields.String(required=True)
-    body = ma.fields.String(required=True)
+    id = ma.fields.Integer(required=True, metadata={"example": 42})
+    title = ma.fields.String(required=True, metadata={"example": "Hello"})
+    body = ma.fields.String(required=True, metadata={"example": "My first post."})
     author = ma.fields.Nested(UserSummarySchema, required=True)
-    created_at = ma.fields.DateTime(required=True)
-    updated_at = ma.fields.DateTime(required=True)
+    created_at = ma.fields.DateTime(required=True, metadata={"example": "2026-01-02T03:04:05+00:00"})
+    updated_at = ma.fields.DateTime(required=True, metadata={"example": "2026-01-02T03:04:05+00:00"})
 
 
 class PostCreateSchema(StrictSchema):
-    title = ma.fields.String(required=True, validate=[TITLE, _not_blank])
-    body = ma.fields.String(required=True, validate=[BODY, _not_blank])
+    title = ma.fields.String(required=True, validate=[TITLE, _not_blank], metadata={"example": "Hello"})
+    body = ma.fields.String(required=True, validate=[BODY, _not_blank], metadata={"example": "My first post."})
 
 
 class PostUpdateSchema(StrictSchema):

@@ -17,11 +17,11 @@ class PostBriefSchema(ma.Schema):
 class PublicUserSchema(ma.Schema):
     """What anyone may see of a user (and all a cache may ever hold)."""
 
-    id = ma.fields.Integer(required=True)
-    username = ma.fields.String(required=True)
-    display_name = ma.fields.String(required=True)
-    bio = ma.fields.String(required=True)
-    created_at = ma.fields.DateTime(required=True)
+    id = ma.fields.Integer(required=True, metadata={"example": 7})
+    username = ma.fields.String(required=True, metadata={"example": "alice"})
+    display_name = ma.fields.String(required=True, metadata={"example": "Alice"})
+    bio = ma.fields.String(required=True, metadata={"example": "Writes about PostgreSQL."})
+    created_at = ma.fields.DateTime(required=True, metadata={"example": "2026-01-02T03:04:05+00:00"})
     post_count = ma.fields.Integer(required=True)
     follower_count = ma.fields.Integer(required=True)
     following_count = ma.fields.Integer(required=True)
@@ -45,9 +45,9 @@ class PrivateUserSchema(PublicUserSchema):
 class UserSummarySchema(ma.Schema):
     """The author block embedded in posts."""
 
-    id = ma.fields.Integer(required=True)
-    username = ma.fields.String(required=True)
-    display_name = ma.fields.String(required=True)
+    id = ma.fields.Integer(required=True, metadata={"example": 7})
+    username = ma.fields.String(required=True, metadata={"example": "alice"})
+    display_name = ma.fields.String(required=True, metadata={"example": "Alice"})
 
 
 class UserListArgsSchema(PageArgsSchema):

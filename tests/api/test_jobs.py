@@ -202,7 +202,7 @@ def test_cli_import_recount_and_list(app, tmp_path):
     runner = app.test_cli_runner()
     result = runner.invoke(args=["jobs", "import-posts", str(path), "--user", "writer"])
     assert result.exit_code == 0, result.output
-    assert "succeeded" in result.output and "'imported': 1500" in result.output and "line 1501" in result.output
+    assert "succeeded" in result.output and '"imported": 1500' in result.output and "line 1501" in result.output
     assert posts_of(author.id) == 1500
     recount = runner.invoke(args=["jobs", "recount"])
     assert recount.exit_code == 0 and "succeeded" in recount.output

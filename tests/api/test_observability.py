@@ -81,7 +81,11 @@ def test_a_request_s_id_goes_with_the_tasks_it_queues(client, redis_client, logi
 
 def test_pool_status_command(app):
     output = app.test_cli_runner().invoke(args=["db", "pool-status"]).output
-    assert "size 10, max overflow 10" in output and "max_connections" in output
+    assert "keeps up to 10 connections, opens up to 10 more" in output
+    assert "this process: 1 connection(s) open: 1 in use, 0 idle" in output  # not "Current Overflow: -9"
+    assert "Overflow" not in output
+    header, *rows = output.split("by application")[1].splitlines()[1:]
+    assert header.split() == ["APPLICATION", "STATE", "CONNECTIONS"] and rows
 
 
 def _free_port() -> int:
