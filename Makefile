@@ -20,10 +20,11 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-## run: the whole service (API on http://127.0.0.1:5000, both workers, beat) with demo data
+## run: the whole service (API on http://127.0.0.1:5000, both workers, beat) with demo data,
+## and a local SMTP server: every mail sent is an .eml file under instance/mail/
 run: export APP_ENV = development
 run: $(BIN)/.installed
-	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/flask seed --demo \
+	$(BIN)/python scripts/services.py --mail run -- sh -c '$(BIN)/flask db upgrade && $(BIN)/flask seed --demo \
 	  && HOST=127.0.0.1 PORT=$${PORT:-5000} LOG_FORMAT=$${LOG_FORMAT:-text} exec $(BIN)/honcho -f Procfile start web worker_short worker_long beat'
 
 ## test: the whole suite against real PostgreSQL and Redis, with branch coverage
