@@ -63,6 +63,16 @@ def _login_account_and_address() -> str:
     return f"{_login_account()}|ip:{get_remote_address()}"
 
 
+def _mailed_address() -> str:
+    """Key a mail-sending limit by the address in the body: a digest of it lower-cased
+    (no addresses kept in Redis); by client address when there is none."""
+    body = request.get_json(silent=True)
+    email = body.get("email") if isinstance(body, dict) else None
+    if not isinstance(email, str) or not email or text_problem(email):
+        return f"ip:{get_remote_address()}"
+    return "email:" + hashlib.sha256(email.lower().encode()).hexdigest()
+
+
 def _not_a_search() -> bool:
     try:
         return "q" not in request.args
@@ -99,6 +109,9 @@ RULES = [
     ("auth.change_password", "RATELIMIT_PASSWORD_PER_USER", _token_claim("sub"), "password-user"),
     ("posts.import_posts", "RATELIMIT_IMPORT_PER_USER", _token_claim("sub"), "import-user"),
     ("users.export_me", "RATELIMIT_EXPORT_PER_USER", _token_claim("sub"), "export-user"),
+    ("auth.request_password_reset", "RATELIMIT_PASSWORD_RESET_PER_IP", get_remote_address, "reset-ip"),
+    ("auth.request_password_reset", "RATELIMIT_PASSWORD_RESET_PER_ADDRESS", _mailed_address, "reset-address"),
+    ("auth.confirm_password_reset", "RATELIMIT_ACCOUNT_TOKEN_PER_IP", get_remote_address, "account-token-ip"),
 ]
 
 

@@ -6,8 +6,17 @@ from flask import request, url_for
 from flask_jwt_extended import get_jwt
 
 from app.api import ApiBlueprint, PageArgsSchema, page_of
-from app.auth import service
-from app.auth.schemas import LoginSchema, PasswordChangeSchema, RegisterSchema, SessionSchema, TokenPairSchema
+from app.auth import accounts, service
+from app.auth.schemas import (
+    AcceptedSchema,
+    LoginSchema,
+    PasswordChangeSchema,
+    PasswordResetConfirmSchema,
+    PasswordResetRequestSchema,
+    RegisterSchema,
+    SessionSchema,
+    TokenPairSchema,
+)
 from app.auth.tokens import current_user, current_user_id
 from app.users.schemas import PublicUserSchema
 
@@ -92,3 +101,31 @@ def end_session(session_id):
 def change_password(body):
     """Change my password; every other session of mine ends."""
     service.change_password(current_user, body["current_password"], body["new_password"], get_jwt())
+
+
+RESET_ACCEPTED = {
+    "detail": "If an active account has this address, a mail with a reset token is on its way. "
+    "The token works once, within the time the mail says."
+}
+
+
+@blp.route("/password-reset", methods=["POST"])
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
+@blp.arguments(PasswordResetRequestSchema)
+@blp.response(202, AcceptedSchema)
+def request_password_reset(body):
+    """Mail a password reset token to this address, if an active account has it. The
+    answer is the same whether or not one does."""
+    accounts.request_password_reset(body["email"])
+    return RESET_ACCEPTED
+
+
+@blp.route("/password-reset/confirm", methods=["POST"])
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
+@blp.arguments(PasswordResetConfirmSchema)
+@blp.response(204)
+@blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+def confirm_password_reset(body):
+    """Set a new password with the mailed token; every session of the account ends. An
+    unknown, expired or used token is a 422 naming `token`."""
+    accounts.reset_password(body["token"], body["new_password"])

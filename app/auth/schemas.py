@@ -29,11 +29,13 @@ def _not_common(value: str) -> None:
 
 
 PASSWORD = validate.And(validate.Length(min=10, max=128), _not_common)
+EMAIL = validate.Length(max=254)
+MAILED_TOKEN = validate.Length(min=1, max=100)
 
 
 class RegisterSchema(StrictSchema):
     username = ma.fields.String(required=True, validate=USERNAME)
-    email = ma.fields.Email(required=True, validate=validate.Length(max=254))
+    email = ma.fields.Email(required=True, validate=EMAIL)
     password = ma.fields.String(required=True, load_only=True, validate=PASSWORD)
 
 
@@ -47,6 +49,27 @@ class LoginSchema(StrictSchema):
 class PasswordChangeSchema(StrictSchema):
     current_password = ma.fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=128))
     new_password = ma.fields.String(required=True, load_only=True, validate=PASSWORD)
+
+
+class PasswordResetRequestSchema(StrictSchema):
+    email = ma.fields.Email(required=True, validate=EMAIL)
+
+
+class PasswordResetConfirmSchema(StrictSchema):
+    token = ma.fields.String(
+        required=True, load_only=True, validate=MAILED_TOKEN, metadata={"description": "the token from the mail"}
+    )
+    new_password = ma.fields.String(required=True, load_only=True, validate=PASSWORD)
+
+
+class VerifyEmailSchema(StrictSchema):
+    token = ma.fields.String(
+        required=True, load_only=True, validate=MAILED_TOKEN, metadata={"description": "the token from the mail"}
+    )
+
+
+class AcceptedSchema(ma.Schema):
+    detail = ma.fields.String(required=True)
 
 
 class SessionSchema(ma.Schema):

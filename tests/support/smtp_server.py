@@ -10,7 +10,11 @@ import time
 from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
+from sqlalchemy import select
 
+from app.db import db
+from app.mail import outbox
+from app.models import OutboxMail
 from tests.support.processes import free_port
 
 
@@ -63,3 +67,11 @@ def token_in(message: EmailMessage) -> str:
     match = re.search(r"^\s*([A-Za-z0-9_-]{43})\s*$", text, re.M)
     assert match, text
     return match.group(1)
+
+
+def deliver_outbox() -> int:
+    """What the worker does: send every unsent outbox row; returns how many."""
+    ids = db.session.scalars(select(OutboxMail.id).where(OutboxMail.sent_at.is_(None))).all()
+    for mail_id in ids:
+        outbox.deliver(mail_id)
+    return len(ids)
