@@ -73,6 +73,11 @@ def _mailed_address() -> str:
     return "email:" + hashlib.sha256(email.lower().encode()).hexdigest()
 
 
+def _no_email_change() -> bool:
+    body = request.get_json(silent=True)
+    return not (isinstance(body, dict) and "email" in body)
+
+
 def _not_a_search() -> bool:
     try:
         return "q" not in request.args
@@ -112,6 +117,16 @@ RULES = [
     ("auth.request_password_reset", "RATELIMIT_PASSWORD_RESET_PER_IP", get_remote_address, "reset-ip"),
     ("auth.request_password_reset", "RATELIMIT_PASSWORD_RESET_PER_ADDRESS", _mailed_address, "reset-address"),
     ("auth.confirm_password_reset", "RATELIMIT_ACCOUNT_TOKEN_PER_IP", get_remote_address, "account-token-ip"),
+    ("auth.verify_email", "RATELIMIT_ACCOUNT_TOKEN_PER_IP", get_remote_address, "account-token-ip"),
+    ("auth.resend_verification", "RATELIMIT_VERIFY_RESEND_PER_USER", _token_claim("sub"), "verify-resend-user"),
+    # an email change mails the new address: as many as resends allow, counted apart
+    (
+        "users.update_me",
+        "RATELIMIT_VERIFY_RESEND_PER_USER",
+        _token_claim("sub"),
+        "email-change-user",
+        {"exempt_when": _no_email_change},
+    ),
 ]
 
 

@@ -16,6 +16,7 @@ from app.auth.schemas import (
     RegisterSchema,
     SessionSchema,
     TokenPairSchema,
+    VerifyEmailSchema,
 )
 from app.auth.tokens import current_user, current_user_id
 from app.users.schemas import PublicUserSchema
@@ -29,8 +30,8 @@ blp = ApiBlueprint("auth", __name__, url_prefix="/auth", description="Accounts, 
 @blp.response(201, PublicUserSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(409, response="CONFLICT")
 def register(body):
-    """Create an account."""
-    user = service.register(**body)
+    """Create an account; with mail on, a verification mail goes to its address."""
+    user = accounts.register(**body)
     return user, {"Location": url_for("users.get_user", user_id=user.id)}
 
 
@@ -129,3 +130,26 @@ def confirm_password_reset(body):
     """Set a new password with the mailed token; every session of the account ends. An
     unknown, expired or used token is a 422 naming `token`."""
     accounts.reset_password(body["token"], body["new_password"])
+
+
+@blp.route("/verify-email", methods=["POST"])
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
+@blp.arguments(VerifyEmailSchema)
+@blp.response(204)
+@blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+def verify_email(body):
+    """Verify the address a mailed token was sent to; for an email change, that address
+    becomes the account's now."""
+    accounts.verify_email(body["token"])
+
+
+@blp.route("/verify-email/resend", methods=["POST"])
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # app/limits.py
+@blp.login_required()
+@blp.response(202, AcceptedSchema)
+@blp.alt_response(409, response="CONFLICT")
+def resend_verification():
+    """Mail a new verification token to my address (older ones stop working)."""
+    accounts.resend_verification(current_user)
+    return {"detail": "A verification mail is on its way."}

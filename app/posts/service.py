@@ -15,6 +15,7 @@ from sqlalchemy.orm import contains_eager
 from app import cache
 from app.db import db, statement_timeout
 from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, check_version
+from app.mail import smtp
 from app.models import Follow, Post, User
 from app.pagination import KeysetQuery, Page, comes_after, page_json
 from app.posts.schemas import PostSchema
@@ -224,10 +225,22 @@ def posts_changed(author_id: int, *keys: str) -> None:
 _CREATED_COLUMNS = ("id", "title", "body", "version", "created_at", "updated_at")
 
 
+def require_verified_email(author: User) -> None:
+    """403 when posting needs a verified email (REQUIRE_VERIFIED_EMAIL_TO_POST, while mail
+    is on) and the author's is not."""
+    cfg = current_app.config
+    if cfg["REQUIRE_VERIFIED_EMAIL_TO_POST"] and smtp.enabled() and not author.email_verified:
+        raise Forbidden(
+            "Verify your email address before posting: follow the link in the mail we sent, "
+            "or ask for a new one with POST /api/v1/auth/verify-email/resend."
+        )
+
+
 def create_post(author: User, title: str, body: str) -> dict:
     """The new post as stored: its columns as the INSERT returned them (server defaults
     included), taken before the commit expires them, with `author`'s summary: reading it
     back after the commit cost two queries."""
+    require_verified_email(author)
     post = Post(author_id=author.id, title=title, body=body)
     db.session.add(post)
     db.session.flush()

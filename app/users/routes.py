@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from flask import Response, request
+from flask_jwt_extended import verify_jwt_in_request
 
 from app.api import ApiBlueprint, PageArgsSchema, etag_of, expected_versions, page_of
+from app.auth import accounts
 from app.auth.tokens import current_user
 from app.jobs import service as jobs
 from app.jobs.routes import JOB_LOCATION, accepted
@@ -50,9 +52,14 @@ def get_me():
 @blp.arguments(ProfileUpdateSchema)
 @blp.response(200, PrivateUserSchema, headers=ETAG_HEADER)
 @blp.alt_response(412, response="PRECONDITION_FAILED")
+@blp.alt_response(409, response="CONFLICT")
 def update_me(changes):
-    """Change my display name or bio. Send `If-Match` with the ETag you read."""
-    user = service.update_profile(current_user.id, changes, expected_versions(request.headers.get("If-Match")))
+    """Change my display name, bio or email. Send `If-Match` with the ETag you read. A new
+    email needs a fresh access token (from a login, not a refresh: else 401) and, with
+    mail on, replaces the old one once the mail sent to it is verified."""
+    if "email" in changes:
+        verify_jwt_in_request(fresh=True)
+    user = accounts.update_me(current_user, changes, expected_versions(request.headers.get("If-Match")))
     return user, {"ETag": f'"{etag_of(user.version)}"'}
 
 

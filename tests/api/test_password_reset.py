@@ -157,6 +157,7 @@ def test_the_per_address_limit_keeps_no_address_in_redis(client, mail_on, redis_
     [
         (RESET, {"email": "a@example.com"}),
         (CONFIRM, {"token": "t", "new_password": NEW_PASSWORD}),
+        ("/api/v1/auth/verify-email", {"token": "t"}),
     ],
 )
 def test_with_mail_off_the_endpoints_answer_503(client, path, body):
