@@ -172,11 +172,12 @@ class ApiBlueprint(Blueprint):
 
         return decorator
 
-    def login_required(self, *, refresh: bool = False):
-        """jwt_required(), documented: bearer security and the 401 it may answer."""
+    def login_required(self, *, refresh: bool = False, fresh: bool = False):
+        """jwt_required(), documented: bearer security and the 401 it may answer (with
+        `fresh`, also for an access token not straight from a login)."""
 
         def decorator(func):
-            guarded = jwt_required(refresh=refresh)(func)
+            guarded = jwt_required(refresh=refresh, fresh=fresh)(func)
             guarded = self.alt_response(401, response="UNAUTHORIZED")(guarded)
             return self.doc(security=[{"bearerAuth": []}])(guarded)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Collection
 from datetime import datetime
 
 from flask import current_app
+from redis.exceptions import RedisError
 from sqlalchemy import BigInteger, Select, any_, bindparam, delete, func, select, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import OperationalError
@@ -19,7 +21,13 @@ from app.mail import smtp
 from app.models import Follow, Post, User
 from app.pagination import KeysetQuery, Page, comes_after, page_json
 from app.posts.schemas import PostSchema
-from app.users.service import bump_counters, get_public, is_active
+from app.users.service import (
+    bump_counters,
+    get_public,
+    invalidate_author_posts,
+    invalidate_author_posts_later,
+    is_active,
+)
 
 KEY_KINDS = [datetime, int]
 
@@ -220,6 +228,16 @@ def posts_changed(author_id: int, *keys: str) -> None:
         cache.newest_posts_key(),
         *(cache.feed_key(follower) for follower in followers),
     )
+
+
+def author_visibility_changed(author_id: int) -> None:
+    """After a commit that shows or hides an account ((de)activated, deleted): drop its
+    profile, the users list, every list and feed page its posts were or would be on, and
+    its cached posts (now, and by a worker again soon)."""
+    posts_changed(author_id, cache.profile_key(author_id), cache.users_key())
+    with contextlib.suppress(RedisError):
+        invalidate_author_posts(author_id)
+    invalidate_author_posts_later(author_id)
 
 
 _CREATED_COLUMNS = ("id", "title", "body", "version", "created_at", "updated_at")

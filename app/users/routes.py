@@ -14,7 +14,7 @@ from app.jobs.schemas import JobSchema
 from app.models import JobKind
 from app.posts import service as posts
 from app.posts.schemas import PostSchema
-from app.users import service
+from app.users import deletion, service
 from app.users.schemas import (
     PrivateUserSchema,
     ProfileUpdateSchema,
@@ -61,6 +61,16 @@ def update_me(changes):
         verify_jwt_in_request(fresh=True)
     user = accounts.update_me(current_user, changes, expected_versions(request.headers.get("If-Match")))
     return user, {"ETag": f'"{etag_of(user.version)}"'}
+
+
+@blp.route("/me", methods=["DELETE"])
+@blp.login_required(fresh=True)
+@blp.response(204)
+def delete_me():
+    """Delete my account, with a fresh access token (from a login). At once every token of
+    mine is refused and my profile and posts disappear; a job then removes every row of
+    mine, after which my username and email are free again."""
+    deletion.delete_account(current_user.id, reason="deleted-by-owner")
 
 
 @blp.route("/me/export", methods=["POST"])
