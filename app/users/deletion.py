@@ -55,20 +55,20 @@ def delete_account(user_id: int, *, reason: str, queue: bool = True) -> Job:
     return job
 
 
-def _batch_of(model, column, user_id: int, size: int, *keys) -> Delete:
+def _batch_of(model, column, user_id: int, size: int, order=()) -> Delete:
     """DELETE at most `size` rows of `model` whose `column` is the user (by primary key)."""
-    primary = keys or tuple(model.__table__.primary_key.columns)
-    chosen = select(*primary).where(column == user_id).limit(size)
+    primary = tuple(model.__table__.primary_key.columns)
+    chosen = select(*primary).where(column == user_id).order_by(*order).limit(size)
     if len(primary) == 1:
         return delete(model).where(primary[0].in_(chosen))
     return delete(model).where(func.row(*primary).in_(chosen))
 
 
-def _rows_of(model, column, *, most: int | None = None):
+def _rows_of(model, column, *, most: int | None = None, order=()):
     """A step deleting a batch of `model`'s rows of the user: (how many, no one else touched)."""
 
     def step(user_id: int, size: int) -> tuple[int, list[int]]:
-        return db.session.execute(_batch_of(model, column, user_id, min(size, most or size))).rowcount, []
+        return db.session.execute(_batch_of(model, column, user_id, min(size, most or size), order)).rowcount, []
 
     return step
 
@@ -94,7 +94,8 @@ def _delete_follows(user_id: int, size: int, *, outgoing: bool) -> tuple[int, li
 
 # in order: what the others see first (posts, follows), the account row after all
 STEPS = (
-    ("posts", _rows_of(Post, Post.author_id)),
+    # newest first: until they are gone, the first page of /posts reads past them
+    ("posts", _rows_of(Post, Post.author_id, order=(Post.created_at.desc(), Post.id.desc()))),
     ("following", _follows(outgoing=True)),
     ("followers", _follows(outgoing=False)),
     ("sessions", _rows_of(AuthSession, AuthSession.user_id)),
