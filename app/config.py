@@ -313,7 +313,6 @@ def check_production(cfg: dict) -> None:
         raise ConfigError("; ".join(problems) + " (APP_ENV=production, the default profile)")
 
 
-
 def _mail_problems(cfg: dict) -> list[str]:
     """Mail settings production refuses: mail in clear text, links without a token or https."""
     if not cfg["MAIL_URL"]:
