@@ -23,12 +23,13 @@ $(BIN)/.installed: setup.cfg pyproject.toml requirements.txt
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-## run: the whole service (API on http://127.0.0.1:5000, both workers, beat) with demo data
+## run: the whole service (API on http://127.0.0.1:5000, both workers, beat) with demo data,
+## and a local SMTP server: every mail sent is an .eml file under instance/mail/
 # scripts/announce.py prints the URLs and the demo logins once everything is up (after
 # the processes' own banners); Ctrl-C stops it all and make reports no error.
 run: export APP_ENV = development
 run: $(BIN)/.installed
-	$(SERVICES) sh -c '$(BIN)/flask db upgrade && $(BIN)/flask seed --demo \
+	$(BIN)/python scripts/services.py --mail run -- sh -c '$(BIN)/flask db upgrade && $(BIN)/flask seed --demo \
 	  && export HOST=127.0.0.1 PORT=$${PORT:-5000} LOG_FORMAT=$${LOG_FORMAT:-text} \
 	  && { $(BIN)/python scripts/announce.py & } \
 	  && exec $(BIN)/honcho -f Procfile start web worker_short worker_long beat'

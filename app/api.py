@@ -197,12 +197,13 @@ class ApiBlueprint(Blueprint):
 
         return decorator
 
-    def login_required(self, *, refresh: bool = False):
+    def login_required(self, *, refresh: bool = False, fresh: bool = False):
         """jwt_required(), documented: the token it takes (access or refresh, each its own
-        security scheme, so Swagger UI sends the right one) and the 401 it may answer."""
+        security scheme, so Swagger UI sends the right one) and the 401 it may answer (with
+        `fresh`, also for an access token not straight from a login)."""
 
         def decorator(func):
-            guarded = jwt_required(refresh=refresh)(func)
+            guarded = jwt_required(refresh=refresh, fresh=fresh)(func)
             guarded = self.alt_response(401, response="UNAUTHORIZED")(guarded)
             return self.doc(security=[{REFRESH if refresh else BEARER: []}])(guarded)
 

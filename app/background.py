@@ -94,6 +94,7 @@ def _beat_schedule(flask_app: Flask) -> dict:
             "task": queue.PURGE_EXPIRED_RESULTS,
             "schedule": crontab(minute=40),
         },
+        "requeue-unsent-mail": {"task": queue.REQUEUE_UNSENT_MAIL, "schedule": 60.0},
         "purge-failed-import-uploads": {
             "task": queue.PURGE_FAILED_UPLOADS,
             "schedule": crontab(minute=45),

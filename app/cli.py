@@ -78,6 +78,15 @@ def revoke_sessions(username: str) -> None:
     click.echo(f"{ended} session(s) of {user.username} ended")
 
 
+@users_cli.command("delete")
+@click.argument("username")
+@click.confirmation_option(prompt="Delete this account and all its posts, follows and jobs for good?")
+def delete_user(username: str) -> None:
+    """Delete USERNAME: refused and hidden at once, then every row of theirs removed here
+    (with a progress bar); their username and email are free again after."""
+    _run_with_bar(_cli_call(admin.delete_now, username), f"deleting {username}")
+
+
 def _cli_call(func, *args, **kwargs):
     try:
         return func(*args, **kwargs)

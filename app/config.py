@@ -224,6 +224,27 @@ def load(overrides: dict | None = None) -> dict:
         "RATELIMIT_REFRESH_PER_SESSION": os.environ.get("RATELIMIT_REFRESH_PER_SESSION", "10 per minute"),
         "RATELIMIT_PASSWORD_PER_USER": os.environ.get("RATELIMIT_PASSWORD_PER_USER", "5 per minute"),
         "RATELIMIT_IMPORT_PER_USER": os.environ.get("RATELIMIT_IMPORT_PER_USER", "20 per hour"),
+        # -- mail: on when MAIL_URL is set (smtp:// with STARTTLS, smtps:// with TLS,
+        # smtp+plain:// without TLS for a local server only: production refuses it)
+        "MAIL_URL": os.environ.get("MAIL_URL", ""),
+        "MAIL_FROM": os.environ.get("MAIL_FROM", "Postboard <no-reply@localhost>"),
+        "MAIL_TIMEOUT_SECONDS": _float("MAIL_TIMEOUT_SECONDS", 10.0),
+        # the links mailed; {token} is replaced by the token (also mailed as plain text)
+        "PASSWORD_RESET_URL": os.environ.get(
+            "PASSWORD_RESET_URL", "http://127.0.0.1:5000/reset-password?token={token}"
+        ),
+        "EMAIL_VERIFY_URL": os.environ.get("EMAIL_VERIFY_URL", "http://127.0.0.1:5000/verify-email?token={token}"),
+        "PASSWORD_RESET_TOKEN_MINUTES": _int("PASSWORD_RESET_TOKEN_MINUTES", 30),
+        "EMAIL_VERIFY_TOKEN_HOURS": _int("EMAIL_VERIFY_TOKEN_HOURS", 48),
+        # posting needs a verified email (only while mail is on: else nobody could verify)
+        "REQUIRE_VERIFIED_EMAIL_TO_POST": _bool("REQUIRE_VERIFIED_EMAIL_TO_POST", False),
+        "RATELIMIT_PASSWORD_RESET_PER_IP": os.environ.get("RATELIMIT_PASSWORD_RESET_PER_IP", "10 per hour"),
+        "RATELIMIT_PASSWORD_RESET_PER_ADDRESS": os.environ.get("RATELIMIT_PASSWORD_RESET_PER_ADDRESS", "3 per hour"),
+        "RATELIMIT_VERIFY_RESEND_PER_USER": os.environ.get("RATELIMIT_VERIFY_RESEND_PER_USER", "3 per hour"),
+        # tries of mailed tokens (reset confirm, verify) per client address
+        "RATELIMIT_ACCOUNT_TOKEN_PER_IP": os.environ.get("RATELIMIT_ACCOUNT_TOKEN_PER_IP", "30 per hour"),
+        # rows per statement (and transaction) of an account deletion job
+        "ACCOUNT_DELETE_BATCH": _int("ACCOUNT_DELETE_BATCH", 5000),
         "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", redis_url),
         # none by default: nothing reads task results (a job's outcome is its row), and a
         # result backend that is down would stall every task a request queues
@@ -311,6 +332,7 @@ def check_production(cfg: dict) -> None:
             " OWASP's minimum (19456 KiB, 2 passes, 1 lane, or an equivalent row)"
         )
     problems += [f"{name} must be set" for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
+    problems += _mail_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems) + " (APP_ENV=production, the default profile)")
 
@@ -330,6 +352,22 @@ def replica_problems(cfg: dict) -> list[str]:
             " (a replica further behind could put a deleted cache entry back)"
         ]
     return []
+
+
+def _mail_problems(cfg: dict) -> list[str]:
+    """Mail settings production refuses: mail in clear text, links without a token or https."""
+    if not cfg["MAIL_URL"]:
+        return []
+    problems = []
+    scheme = cfg["MAIL_URL"].split("://", 1)[0] if "://" in cfg["MAIL_URL"] else ""
+    if scheme not in ("smtp", "smtps"):
+        problems.append("MAIL_URL must start with smtp:// (STARTTLS) or smtps:// (TLS)")
+    for name in ("PASSWORD_RESET_URL", "EMAIL_VERIFY_URL"):
+        if not cfg[name].startswith("https://") or "{token}" not in cfg[name]:
+            problems.append(f"{name} must be an https:// URL containing {{token}}")
+    if not os.environ.get("MAIL_FROM"):
+        problems.append("MAIL_FROM must be set when MAIL_URL is")
+    return problems
 
 
 def _secret_problems(name: str, value: str) -> list[str]:

@@ -26,6 +26,8 @@ __all__ = [
     "init_limits",
     "login_account",
     "login_account_and_address",
+    "mailed_address",
+    "no_email_change",
     "not_a_search",
     "token_claim",
 ]
@@ -71,6 +73,21 @@ def login_account_and_address() -> str:
     """The tight login limit counts per account and client address: guesses from one
     address do not lock the owner out everywhere."""
     return f"{login_account()}|ip:{get_remote_address()}"
+
+
+def mailed_address() -> str:
+    """Key a mail-sending limit by the address in the body: a digest of it lower-cased
+    (no addresses kept in Redis); by client address when there is none."""
+    body = request.get_json(silent=True)
+    email = body.get("email") if isinstance(body, dict) else None
+    if not isinstance(email, str) or not email or text_problem(email):
+        return f"ip:{get_remote_address()}"
+    return "email:" + hashlib.sha256(email.lower().encode()).hexdigest()
+
+
+def no_email_change() -> bool:
+    body = request.get_json(silent=True)
+    return not (isinstance(body, dict) and "email" in body)
 
 
 def not_a_search() -> bool:

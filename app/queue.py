@@ -19,8 +19,8 @@ from flask import current_app
 
 log = logging.getLogger(__name__)
 
-SHORT = "short"  # cache invalidation, the revocation mirror, queueing jobs
-LONG = "long"  # jobs (import, export, recount) and purges
+SHORT = "short"  # cache invalidation, the revocation mirror, queueing jobs, mail
+LONG = "long"  # jobs (import, export, recount, account deletion) and purges
 QUEUES = (SHORT, LONG)
 
 REBUILD_REVOCATION_MIRROR = "worker.tasks.rebuild_revocation_mirror"
@@ -33,6 +33,8 @@ REQUEUE_STALE_JOBS = "worker.tasks.requeue_stale_jobs"
 NIGHTLY_RECOUNT = "worker.tasks.nightly_recount"
 PURGE_EXPIRED_RESULTS = "worker.tasks.purge_expired_results"
 PURGE_FAILED_UPLOADS = "worker.tasks.purge_failed_uploads"
+SEND_MAIL = "worker.tasks.send_mail"
+REQUEUE_UNSENT_MAIL = "worker.tasks.requeue_unsent_mail"
 
 # Celery's task_routes; a task missing here goes to task_default_queue (LONG)
 ROUTES = {
@@ -42,6 +44,10 @@ ROUTES = {
     INVALIDATE_AUTHOR_POSTS: {"queue": SHORT},
     REQUEUE_STALE_JOBS: {"queue": SHORT},  # it only queues the jobs again
     NIGHTLY_RECOUNT: {"queue": SHORT},  # it only records the job; the recount runs on LONG
+    # one mail to the SMTP server, bounded by MAIL_TIMEOUT_SECONDS: a reset link must not
+    # wait behind a long job
+    SEND_MAIL: {"queue": SHORT},
+    REQUEUE_UNSENT_MAIL: {"queue": SHORT},
     RUN_JOB: {"queue": LONG},
     PURGE_EXPIRED_REVOCATIONS: {"queue": LONG},
     PURGE_EXPIRED_RESULTS: {"queue": LONG},

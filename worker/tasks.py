@@ -5,6 +5,7 @@ Their names, and the queue each goes to, are in app/queue.py."""
 from __future__ import annotations
 
 import logging
+import smtplib
 import uuid
 
 from celery import shared_task
@@ -15,6 +16,7 @@ from app import cache, queue
 from app.auth import revocation
 from app.jobs import files as job_files
 from app.jobs import service as jobs
+from app.mail import outbox
 from app.users import service as users
 
 log = logging.getLogger(__name__)
@@ -95,3 +97,21 @@ def purge_failed_uploads() -> int:
 def nightly_recount() -> str | None:
     """The nightly recount, as a job row admins can see."""
     return str(users.start_recount_job().id)
+
+
+@shared_task(
+    name=queue.SEND_MAIL,
+    autoretry_for=(OperationalError, RedisError, smtplib.SMTPException, OSError),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=outbox.MAX_ATTEMPTS,
+)
+def send_mail(mail_id: int) -> bool:
+    """Send one outbox row; an SMTP server that refuses or is down is tried again later."""
+    return outbox.deliver(mail_id)
+
+
+@shared_task(name=queue.REQUEUE_UNSENT_MAIL, **RETRY)
+def requeue_unsent_mail() -> int:
+    """Every minute: queue again the mail whose task was lost."""
+    return outbox.requeue_unsent()

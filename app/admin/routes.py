@@ -33,6 +33,18 @@ def update_user(changes, user_id):
     return service.update_user(current_user, user_id, changes)
 
 
+@blp.route("/users/<id:user_id>", methods=["DELETE"])
+@blp.login_required()
+@blp.starts_job(JobSchema)
+@blp.alt_response(403, response="FORBIDDEN")
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+def delete_user(user_id):
+    """Delete an account: hidden and its tokens refused at once; the returned job removes
+    its rows, then frees its username and email."""
+    return service.delete_user(current_user, user_id)
+
+
 @blp.route("/jobs/recount", methods=["POST"])
 @blp.login_required()
 @blp.starts_job(JobSchema)

@@ -3,9 +3,6 @@ actor) and the CLI."""
 
 from __future__ import annotations
 
-import contextlib
-
-from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select
 
 from app import cache
@@ -15,8 +12,9 @@ from app.db import db
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.models import Job, Role, User
 from app.pagination import Page, keyset_page
-from app.posts.service import posts_changed
-from app.users.service import escape_like, invalidate_author_posts, invalidate_author_posts_later, start_recount_job
+from app.posts.service import author_visibility_changed
+from app.users.deletion import delete_account
+from app.users.service import escape_like, start_recount_job
 
 ROLES = tuple(role.value for role in Role)
 
@@ -57,7 +55,8 @@ def find_user(username: str) -> User:
 def set_account(user_id: int, *, role: str | None = None, is_active: bool | None = None) -> User:
     """Apply role / active changes; deactivating ends every session of the user."""
     user = db.session.get(User, user_id, with_for_update=True)
-    if user is None:
+    if user is None or user.deleted_at is not None:
+        db.session.rollback()
         raise NotFound(f"No user with id {user_id}.")
     if role is not None:
         user.role = role
@@ -75,11 +74,24 @@ def set_account(user_id: int, *, role: str | None = None, is_active: bool | None
     if is_active is None:
         cache.invalidate(cache.profile_key(user_id))
     else:  # they join or leave the users; their posts appear or vanish in lists and feeds
-        posts_changed(user_id, cache.profile_key(user_id), cache.users_key())
-        with contextlib.suppress(RedisError):  # cached posts: now, and the worker's pass again soon
-            invalidate_author_posts(user_id)
-        invalidate_author_posts_later(user_id)
+        author_visibility_changed(user_id)
     return db.session.get(User, user_id)
+
+
+def delete_user(actor: User, user_id: int) -> Job:
+    """An admin deletes an account (not their own here: DELETE /users/me does that)."""
+    require_admin(actor)
+    if user_id == actor.id:
+        raise ValidationFailed(
+            "Administrators delete their own account with DELETE /users/me.",
+            errors={"user_id": ["Cannot delete your own account here."]},
+        )
+    return delete_account(user_id, reason="deleted-by-admin")
+
+
+def delete_now(username: str) -> Job:
+    """The CLI's deletion: hidden at once like the others, the job left to the caller."""
+    return delete_account(find_user(username).id, reason="deleted-by-admin", queue=False)
 
 
 def create_admin(username: str, email: str, password: str) -> User:

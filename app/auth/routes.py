@@ -6,10 +6,27 @@ from flask import request, url_for
 from flask_jwt_extended import get_jwt
 
 from app.api import ApiBlueprint
-from app.auth import service
-from app.auth.schemas import LoginSchema, PasswordChangeSchema, RegisterSchema, SessionSchema, TokenPairSchema
+from app.auth import accounts, service
+from app.auth.schemas import (
+    AcceptedSchema,
+    LoginSchema,
+    PasswordChangeSchema,
+    PasswordResetConfirmSchema,
+    PasswordResetRequestSchema,
+    RegisterSchema,
+    SessionSchema,
+    TokenPairSchema,
+    VerifyEmailSchema,
+)
 from app.auth.tokens import current_user, current_user_id
-from app.limits import LOGIN_CEILING, get_remote_address, login_account, login_account_and_address, token_claim
+from app.limits import (
+    LOGIN_CEILING,
+    get_remote_address,
+    login_account,
+    login_account_and_address,
+    mailed_address,
+    token_claim,
+)
 from app.schemas import PageArgsSchema, page_of
 from app.users.schemas import PublicUserSchema
 
@@ -22,8 +39,8 @@ blp = ApiBlueprint("auth", __name__, url_prefix="/auth", description="Accounts, 
 @blp.response(201, PublicUserSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(409, response="CONFLICT")
 def register(body):
-    """Create an account."""
-    user = service.register(**body)
+    """Create an account; with mail on, a verification mail goes to its address."""
+    user = accounts.register(**body)
     return user, {"Location": url_for("users.get_user", user_id=user.id)}
 
 
@@ -96,3 +113,55 @@ def end_session(session_id):
 def change_password(body):
     """Change my password; every other session of mine ends."""
     service.change_password(current_user, body["current_password"], body["new_password"], get_jwt())
+
+
+RESET_ACCEPTED = {
+    "detail": "If an active account has this address, a mail with a reset token is on its way. "
+    "The token works once, within the time the mail says."
+}
+
+
+@blp.route("/password-reset", methods=["POST"])
+@blp.rate_limit("RATELIMIT_PASSWORD_RESET_PER_IP", key=get_remote_address, scope="reset-ip")
+@blp.rate_limit("RATELIMIT_PASSWORD_RESET_PER_ADDRESS", key=mailed_address, scope="reset-address")
+@blp.arguments(PasswordResetRequestSchema)
+@blp.response(202, AcceptedSchema)
+def request_password_reset(body):
+    """Mail a password reset token to this address, if an active account has it. The
+    answer is the same whether or not one does."""
+    accounts.request_password_reset(body["email"])
+    return RESET_ACCEPTED
+
+
+@blp.route("/password-reset/confirm", methods=["POST"])
+@blp.rate_limit("RATELIMIT_ACCOUNT_TOKEN_PER_IP", key=get_remote_address, scope="account-token-ip")
+@blp.arguments(PasswordResetConfirmSchema)
+@blp.response(204)
+@blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+def confirm_password_reset(body):
+    """Set a new password with the mailed token; every session of the account ends. An
+    unknown, expired or used token is a 422 naming `token`."""
+    accounts.reset_password(body["token"], body["new_password"])
+
+
+@blp.route("/verify-email", methods=["POST"])
+@blp.rate_limit("RATELIMIT_ACCOUNT_TOKEN_PER_IP", key=get_remote_address, scope="account-token-ip")
+@blp.arguments(VerifyEmailSchema)
+@blp.response(204)
+@blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(422, response="UNPROCESSABLE_ENTITY")
+def verify_email(body):
+    """Verify the address a mailed token was sent to; for an email change, that address
+    becomes the account's now."""
+    accounts.verify_email(body["token"])
+
+
+@blp.route("/verify-email/resend", methods=["POST"])
+@blp.rate_limit("RATELIMIT_VERIFY_RESEND_PER_USER", key=token_claim("sub"), scope="verify-resend-user")
+@blp.login_required()
+@blp.response(202, AcceptedSchema)
+@blp.alt_response(409, response="CONFLICT")
+def resend_verification():
+    """Mail a new verification token to my address (older ones stop working)."""
+    accounts.resend_verification(current_user)
+    return {"detail": "A verification mail is on its way."}

@@ -29,7 +29,9 @@ def _not_common(value: str) -> None:
         raise ma.ValidationError("This password is too common; choose another.")
 
 
-PASSWORD = [validate.Length(min=10, max=128), _not_common]
+PASSWORD = validate.And(validate.Length(min=10, max=128), _not_common)
+EMAIL = validate.Length(max=254)
+MAILED_TOKEN = validate.Length(min=1, max=100)
 PASSWORD_RULES = "10 to 128 characters, not one of the 10,000 most common passwords."  # noqa: S105
 
 
@@ -41,7 +43,7 @@ class RegisterSchema(StrictSchema):
     )
     email = ma.fields.Email(
         required=True,
-        validate=validate.Length(max=254),
+        validate=EMAIL,
         metadata={"description": "Up to 254 characters; unique.", "example": "alice@example.com"},
     )
     password = ma.fields.String(
@@ -71,6 +73,33 @@ class PasswordChangeSchema(StrictSchema):
     new_password = ma.fields.String(
         required=True, load_only=True, validate=PASSWORD, metadata={"description": PASSWORD_RULES}
     )
+
+
+class PasswordResetRequestSchema(StrictSchema):
+    email = ma.fields.Email(
+        required=True,
+        validate=EMAIL,
+        metadata={"description": "The account's email address.", "example": "alice@example.com"},
+    )
+
+
+class PasswordResetConfirmSchema(StrictSchema):
+    token = ma.fields.String(
+        required=True, load_only=True, validate=MAILED_TOKEN, metadata={"description": "The token from the mail."}
+    )
+    new_password = ma.fields.String(
+        required=True, load_only=True, validate=PASSWORD, metadata={"description": PASSWORD_RULES}
+    )
+
+
+class VerifyEmailSchema(StrictSchema):
+    token = ma.fields.String(
+        required=True, load_only=True, validate=MAILED_TOKEN, metadata={"description": "The token from the mail."}
+    )
+
+
+class AcceptedSchema(ma.Schema):
+    detail = ma.fields.String(required=True)
 
 
 class SessionSchema(ma.Schema):

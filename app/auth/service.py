@@ -171,7 +171,7 @@ def login(login_name: str, password: str, *, user_agent: str, ip: str) -> dict:
         expires_at=_now() + current_app.config["JWT_REFRESH_TOKEN_EXPIRES"],
     )
     db.session.add(session)
-    tokens = issue_tokens(user, session)
+    tokens = issue_tokens(user, session, fresh=True)
     db.session.commit()
     return tokens
 

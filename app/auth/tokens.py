@@ -34,15 +34,17 @@ def new_jti() -> str:
     return uuid.uuid4().hex
 
 
-def issue_tokens(user: User, session: AuthSession) -> dict:
+def issue_tokens(user: User, session: AuthSession, *, fresh: bool = False) -> dict:
     """An access + refresh pair for `user` in `session`; the refresh token's id is the
-    session's `refresh_jti`, which the caller stores (set here) and commits."""
+    session's `refresh_jti`, which the caller stores (set here) and commits. The access
+    token is `fresh` only straight from a password (login): routes that change what
+    guards the account (its email, deleting it) ask for one."""
     cfg = current_app.config
     sid = str(session.id)
     session.refresh_jti = new_jti()
     return {
         "access_token": create_access_token(
-            identity=str(user.id), additional_claims={"role": user.role, "sid": sid, "jti": new_jti()}
+            identity=str(user.id), fresh=fresh, additional_claims={"role": user.role, "sid": sid, "jti": new_jti()}
         ),
         "refresh_token": create_refresh_token(
             identity=str(user.id), additional_claims={"sid": sid, "jti": session.refresh_jti}

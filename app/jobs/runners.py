@@ -9,6 +9,7 @@ from flask import Flask
 
 from app.models import JobKind
 from app.posts.imports import run_import
+from app.users.deletion import run_deletion
 from app.users.export import run_export
 from app.users.service import recount_counters
 
@@ -23,6 +24,7 @@ RUNNERS = {
     JobKind.IMPORT_POSTS: run_import,
     JobKind.EXPORT_USER: run_export,
     JobKind.RECOUNT: run_recount,
+    JobKind.DELETE_USER: run_deletion,
 }
 
 

@@ -28,6 +28,7 @@ class JobKind(enum.StrEnum):
     IMPORT_POSTS = "import_posts"
     EXPORT_USER = "export_user"
     RECOUNT = "recount"
+    DELETE_USER = "delete_user"
 
 
 class JobStatus(enum.StrEnum):
@@ -58,7 +59,7 @@ class Job(db.Model):
     finished_at: Mapped[datetime | None] = mapped_column(TZ)
 
     __table_args__ = (
-        CheckConstraint("kind IN ('import_posts', 'export_user', 'recount')", name="kind"),
+        CheckConstraint("kind IN ('import_posts', 'export_user', 'recount', 'delete_user')", name="kind"),
         CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
         Index("ix_jobs_owner_created", "owner_id", text("created_at DESC"), text("id DESC")),
         Index("ix_jobs_unfinished", "status", "heartbeat_at", postgresql_where=text("status IN ('queued', 'running')")),

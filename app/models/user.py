@@ -27,6 +27,11 @@ class User(db.Model):
     bio: Mapped[str] = mapped_column(Text, server_default="")
     role: Mapped[str] = mapped_column(String(10), server_default=Role.USER.value)
     is_active: Mapped[bool] = mapped_column(server_default=text("true"))
+    # proven by a token mailed to it; accounts from before verification start unverified
+    email_verified: Mapped[bool] = mapped_column(server_default=text("false"))
+    # set when the owner (or an admin) deletes the account: hidden at once (is_active is
+    # false too), the rows go in a job, the user row last (its name and email are free then)
+    deleted_at: Mapped[datetime | None] = mapped_column(TZ)
     # Counters kept by the service functions that change them, in the same transaction.
     post_count: Mapped[int] = mapped_column(server_default="0")
     follower_count: Mapped[int] = mapped_column(server_default="0")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Collection
 from datetime import datetime
 
 from flask import current_app
+from redis.exceptions import RedisError
 from sqlalchemy import BigInteger, Select, any_, bindparam, delete, func, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import OperationalError
@@ -15,10 +17,17 @@ from sqlalchemy.orm import contains_eager
 from app import cache
 from app.db import db, statement_timeout
 from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, account_gone, check_version
+from app.mail import smtp
 from app.models import Follow, Post, Role, User
 from app.pagination import KeysetQuery, Page, comes_after, page_json
 from app.posts.schemas import PostSchema
-from app.users.service import bump_counters, get_public
+from app.users.service import (
+    bump_counters,
+    get_public,
+    invalidate_author_posts,
+    invalidate_author_posts_later,
+    is_active,
+)
 
 KEY_KINDS = [datetime, int]
 
@@ -223,12 +232,23 @@ def _posts_changed(author_id: int, followers: list[int], *keys: str) -> None:
     )
 
 
+def author_visibility_changed(author_id: int) -> None:
+    """After a commit that shows or hides an account ((de)activated, deleted): drop its
+    profile, the users list, every list and feed page its posts were or would be on, and
+    its cached posts (now, and by a worker again soon)."""
+    posts_changed(author_id, cache.profile_key(author_id), cache.users_key())
+    with contextlib.suppress(RedisError):
+        invalidate_author_posts(author_id)
+    invalidate_author_posts_later(author_id)
+
+
 # the post and the author's counter in one statement, which is also the account check:
-# nothing is written unless the author is an active account
+# nothing is written unless the author is an active account (with a verified email when
+# posting needs one)
 _CREATE = text("""
 WITH author AS (
     UPDATE users SET post_count = post_count + 1
-    WHERE id = :author AND is_active
+    WHERE id = :author AND is_active AND (email_verified OR NOT :must_verify)
     RETURNING id, username, display_name
 ), post AS (
     INSERT INTO posts (author_id, title, body)
@@ -238,16 +258,31 @@ WITH author AS (
 SELECT post.*, author.id AS author_id, author.username, author.display_name FROM post, author
 """)
 
+UNVERIFIED_EMAIL = (
+    "Verify your email address before posting: follow the link in the mail we sent, "
+    "or ask for a new one with POST /api/v1/auth/verify-email/resend."
+)
+
+
+def posting_needs_verified_email() -> bool:
+    """REQUIRE_VERIFIED_EMAIL_TO_POST, while mail is on (else no mail could verify one)."""
+    return current_app.config["REQUIRE_VERIFIED_EMAIL_TO_POST"] and smtp.enabled()
+
 
 def create_post(author_id: int, title: str, body: str) -> dict | None:
     """The new post as stored (server defaults included) with its author's summary; None
-    when `author_id` is not an active account (nothing is written).
+    when `author_id` is not an active account, 403 when posting needs a verified email
+    and the author's is not (nothing is written either way).
 
     One statement writes the post, counts it and returns what the 201 shows; the
     followers to notify are read after it, in the same transaction (followers_of)."""
-    row = db.session.connection().execute(_CREATE, {"author": author_id, "title": title, "body": body}).first()
+    must_verify = posting_needs_verified_email()
+    params = {"author": author_id, "title": title, "body": body, "must_verify": must_verify}
+    row = db.session.connection().execute(_CREATE, params).first()
     if row is None:
         db.session.rollback()
+        if must_verify and is_active(author_id):
+            raise Forbidden(UNVERIFIED_EMAIL)
         return None
     followers = followers_of(author_id)
     db.session.commit()

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from flask import Response, request
+from flask_jwt_extended import verify_jwt_in_request
 
 from app.api import ApiBlueprint, expected_versions
+from app.auth import accounts
 from app.auth.tokens import account_gone, current_user, current_user_id
 from app.errors import etag_of
 from app.jobs import service as jobs
 from app.jobs.schemas import JobSchema
-from app.limits import token_claim
+from app.limits import no_email_change, token_claim
 from app.models import JobKind
 from app.posts import service as posts
 from app.posts.schemas import PostSchema
 from app.schemas import PageArgsSchema, page_of
-from app.users import service
+from app.users import deletion, service
 from app.users.schemas import (
     PrivateUserSchema,
     ProfileUpdateSchema,
@@ -48,16 +50,38 @@ def get_me():
 
 
 @blp.route("/me", methods=["PATCH"])
+# an email change mails the new address: as many as resends allow, counted apart
+@blp.rate_limit(
+    "RATELIMIT_VERIFY_RESEND_PER_USER", key=token_claim("sub"), scope="email-change-user", exempt_when=no_email_change
+)
 @blp.login_required()
 @blp.arguments(ProfileUpdateSchema)
 @blp.response(200, PrivateUserSchema, headers=ETAG_HEADER)
 @blp.alt_response(412, response="PRECONDITION_FAILED")
+@blp.alt_response(409, response="CONFLICT")
 def update_me(changes):
-    """Change my display name or bio. Send `If-Match` with the ETag you read."""
-    user = service.update_profile(current_user_id(), changes, expected_versions(request.headers.get("If-Match")))
+    """Change my display name, bio or email. Send `If-Match` with the ETag you read. A new
+    email needs a fresh access token (from a login, not a refresh: else 401) and, with
+    mail on, replaces the old one once the mail sent to it is verified."""
+    expected = expected_versions(request.headers.get("If-Match"))
+    if "email" in changes:
+        verify_jwt_in_request(fresh=True)
+        user = accounts.update_me(current_user, changes, expected)
+    else:
+        user = service.update_profile(current_user_id(), changes, expected)
     if user is None:
         raise account_gone()
     return user, {"ETag": f'"{etag_of(user["version"])}"'}
+
+
+@blp.route("/me", methods=["DELETE"])
+@blp.login_required(fresh=True)
+@blp.response(204)
+def delete_me():
+    """Delete my account, with a fresh access token (from a login). At once every token of
+    mine is refused and my profile and posts disappear; a job then removes every row of
+    mine, after which my username and email are free again."""
+    deletion.delete_account(current_user.id, reason="deleted-by-owner")
 
 
 @blp.route("/me/export", methods=["POST"])

@@ -39,6 +39,7 @@ class PrivateUserSchema(PublicUserSchema):
     """The caller's own profile: adds what only they (and admins) may see."""
 
     email = ma.fields.String(required=True)
+    email_verified = ma.fields.Boolean(required=True)
     role = ma.fields.String(required=True)
 
 
@@ -60,6 +61,13 @@ class UserListArgsSchema(PageArgsSchema):
 class ProfileUpdateSchema(StrictSchema):
     display_name = ma.fields.String(validate=validate.Length(min=1, max=50))
     bio = ma.fields.String(validate=validate.Length(max=500))
+    email = ma.fields.Email(
+        validate=validate.Length(max=254),
+        metadata={
+            "description": "needs a fresh access token (from a login); with mail on, replaces the old "
+            "address once a mail to the new one is verified"
+        },
+    )
 
     @ma.validates("display_name")
     def _not_blank(self, value: str, **_kwargs) -> None:
@@ -69,4 +77,4 @@ class ProfileUpdateSchema(StrictSchema):
     @ma.validates_schema
     def _something_to_change(self, data: dict, **_kwargs) -> None:
         if not data:
-            raise ma.ValidationError("Send at least one of display_name, bio.", "_schema")
+            raise ma.ValidationError("Send at least one of display_name, bio, email.", "_schema")

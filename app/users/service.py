@@ -189,9 +189,9 @@ def invalidate_author_posts_later(user_id: int) -> None:
 
 def invalidate_author_posts(user_id: int) -> int:
     """Drop every cached post of a user (the worker's half); returns how many posts."""
-    ids = list(db.session.scalars(select(Post.id).where(Post.author_id == user_id)))
+    ids = db.session.connection().execute(select(Post.id).where(Post.author_id == user_id)).scalars().all()
     for start in range(0, len(ids), 1000):
-        cache.delete_now([cache.post_key(post_id) for post_id in ids[start : start + 1000]])
+        cache.delete_cached([cache.post_key(post_id) for post_id in ids[start : start + 1000]])
     return len(ids)
 
 

@@ -17,8 +17,13 @@ DECLARED = {
     "auth.login": ["login-ip", "login-account-ip", "login-account"],
     "auth.refresh": ["refresh-session"],
     "auth.change_password": ["password-user"],
+    "auth.request_password_reset": ["reset-ip", "reset-address"],
+    "auth.confirm_password_reset": ["account-token-ip"],
+    "auth.verify_email": ["account-token-ip"],
+    "auth.resend_verification": ["verify-resend-user"],
     "posts.list_posts": ["search-ip"],
     "posts.import_posts": ["import-user"],
+    "users.update_me": ["email-change-user"],
     "users.export_me": ["export-user"],
 }
 

@@ -67,6 +67,35 @@ def test_production_refuses_missing_settings(production_env, monkeypatch, missin
         config.load()
 
 
+@pytest.fixture
+def production_mail(production_env, monkeypatch):
+    """Production with mail set up safely."""
+    monkeypatch.setenv("MAIL_URL", "smtps://postboard:secret@smtp.example.com")
+    monkeypatch.setenv("MAIL_FROM", "Postboard <no-reply@example.com>")
+    monkeypatch.setenv("PASSWORD_RESET_URL", "https://app.example.com/reset?token={token}")
+    monkeypatch.setenv("EMAIL_VERIFY_URL", "https://app.example.com/verify?token={token}")
+
+
+def test_production_loads_with_safe_mail_settings(production_mail):
+    assert config.load()["MAIL_URL"].startswith("smtps://")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        ("MAIL_URL", "smtp+plain://smtp.example.com:25", "MAIL_URL"),
+        ("MAIL_URL", "http://smtp.example.com", "MAIL_URL"),
+        ("MAIL_FROM", "", "MAIL_FROM"),
+        ("PASSWORD_RESET_URL", "http://app.example.com/reset?token={token}", "PASSWORD_RESET_URL"),
+        ("EMAIL_VERIFY_URL", "https://app.example.com/verify", "EMAIL_VERIFY_URL"),
+    ],
+)
+def test_production_refuses_unsafe_mail_settings(production_mail, monkeypatch, name, value, named):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=named):
+        config.load()
+
+
 def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("DB_POOL_SIZE", "3")
     monkeypatch.setenv("DB_POOL_TIMEOUT", "2")

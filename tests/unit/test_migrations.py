@@ -38,7 +38,18 @@ def tables() -> set[str]:
     return set(inspect(db.engine).get_table_names()) - {"alembic_version"}
 
 
-ALL_TABLES = {"users", "posts", "follows", "sessions", "revoked_tokens", "jobs", "job_files", "job_file_chunks"}
+ALL_TABLES = {
+    "users",
+    "posts",
+    "follows",
+    "sessions",
+    "revoked_tokens",
+    "jobs",
+    "job_files",
+    "job_file_chunks",
+    "account_tokens",
+    "outbox",
+}
 
 
 @pytest.mark.no_transaction

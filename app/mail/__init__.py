@@ -1,0 +1,1 @@
+"""Mail: rendered into the outbox in a request, sent by a worker (app/mail/outbox.py)."""
