@@ -1,11 +1,12 @@
 -- One wrk scenario, set by environment variables:
---   BENCH_METHOD (GET), BENCH_PATH (may hold {id}: a random 1..BENCH_MAX_ID),
+--   BENCH_METHOD (GET), BENCH_PATH (may hold {id}: a random BENCH_MIN_ID (1)..BENCH_MAX_ID),
 --   BENCH_BODY, BENCH_TOKEN (a bearer token).
 -- Prints one JSON line: requests, errors, latency percentiles (microseconds).
 local method = os.getenv("BENCH_METHOD") or "GET"
 local path = os.getenv("BENCH_PATH") or "/"
 local body = os.getenv("BENCH_BODY")
 local token = os.getenv("BENCH_TOKEN")
+local min_id = tonumber(os.getenv("BENCH_MIN_ID") or "1")
 local max_id = tonumber(os.getenv("BENCH_MAX_ID") or "1")
 local counter = 0
 
@@ -23,7 +24,7 @@ init = function(args)
 end
 
 request = function()
-  local p = path:gsub("{id}", tostring(math.random(1, max_id)))
+  local p = path:gsub("{id}", tostring(math.random(min_id, max_id)))
   return wrk.format(method, p, nil, body)
 end
 

@@ -128,7 +128,7 @@ def test_no_file_names_a_path_outside_the_repository():
 # -- the settings table ---------------------------------------------------------------
 
 # read by the code but not settings: the system's own, and what bench/run.py hands wrk.lua
-NOT_SETTINGS = {"PATH", "BENCH_METHOD", "BENCH_PATH", "BENCH_BODY", "BENCH_TOKEN", "BENCH_MAX_ID"}
+NOT_SETTINGS = {"PATH", "BENCH_METHOD", "BENCH_PATH", "BENCH_BODY", "BENCH_TOKEN", "BENCH_MIN_ID", "BENCH_MAX_ID"}
 # settings of the tools themselves, set by the Makefile and the Docker image
 TOOL_SETTINGS = {"FLASK_APP"}
 
