@@ -293,8 +293,12 @@ def seed_scale(env: dict, app) -> tuple[dict, str]:
                 n = sizes(SCALE)
                 print(f"seeding {n['users']:,} users, {n['posts']:,} posts, {n['follows']:,} follows ...", flush=True)
                 started = time.perf_counter()
-                with conn.begin():
-                    generate(conn, SCALE, password_hash)
+                loader = create_engine(url)  # one transaction: all of it or nothing
+                try:
+                    with loader.begin() as load:
+                        generate(load, SCALE, password_hash)
+                finally:
+                    loader.dispose()
                 conn.exec_driver_sql("VACUUM ANALYZE users, posts, follows")
                 seconds = time.perf_counter() - started
                 record = {
@@ -336,14 +340,15 @@ def data_set_size(database_url: str) -> dict:
 # -- the scenarios ------------------------------------------------------------------------
 
 
-def roles(database_url: str) -> dict[str, int]:
+def roles(database_url: str) -> dict:
     """The accounts the scenarios act as: the most followed (the celebrity), the one who
-    follows most (the heavy reader), and a small account (a few followers)."""
+    follows most (the heavy reader), and a small account (a few followers); with the
+    highest ids, and each account's (followers, following)."""
     engine = create_engine(database_url)
     try:
         with engine.connect() as conn:
             one = conn.scalar
-            return {
+            found = {
                 "celebrity": one(text("SELECT id FROM users ORDER BY follower_count DESC, id LIMIT 1")),
                 "heavy": one(text("SELECT id FROM users ORDER BY following_count DESC, id LIMIT 1")),
                 "small": one(
@@ -353,9 +358,13 @@ def roles(database_url: str) -> dict[str, int]:
                     ),
                     {"skip": CELEBRITIES + HEAVY_READERS},
                 ),
-                "users": one(text("SELECT max(id) FROM users")),
-                "posts": one(text("SELECT max(id) FROM posts")),
             }
+            counts = text("SELECT follower_count, following_count FROM users WHERE id = :i")
+            for role in list(found):
+                found[f"{role}_counts"] = tuple(conn.execute(counts, {"i": found[role]}).one())
+            found["users"] = one(text("SELECT max(id) FROM users"))
+            found["posts"] = one(text("SELECT max(id) FROM posts"))
+            return found
     finally:
         engine.dispose()
 
@@ -366,24 +375,28 @@ def login(base: str, user_id: int, password: str) -> str:
     return call("POST", f"{base}/api/v1/auth/login", {"login": f"user{user_id}", "password": password})["access_token"]
 
 
-def cursor_of_page(base: str, path: str, page: int, token: str | None = None) -> str:
-    """The cursor that opens page `page` of a list (following the pages before it)."""
+def cursor_of_page(base: str, path: str, page: int, token: str | None = None) -> tuple[str, int]:
+    """The cursor that opens page `page` of a list, or its last page when it has fewer
+    (following the pages before it), and the number of that page."""
     from run import call
 
-    cursor = None
-    for _ in range(page - 1):
-        separator = "&" if "?" in path else "?"
-        url = base + path + (f"{separator}cursor={urllib.parse.quote(cursor)}" if cursor else "")
-        cursor = call("GET", url, token=token)["next_cursor"]
-        if cursor is None:
-            raise RuntimeError(f"{path} has fewer than {page} pages")
-    return cursor
+    cursor, reached = None, 1
+    while reached < page:
+        url = base + path + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
+        after = call("GET", url, token=token)["next_cursor"]
+        if after is None:
+            break
+        cursor, reached = after, reached + 1
+    if cursor is None:
+        raise RuntimeError(f"{path} has one page only")
+    return cursor, reached
 
 
 def scenarios(base: str, ids: dict, tokens: dict) -> list[dict]:
     """Every scenario of issue 17, for one data set; `ids` from roles(), `tokens` by role."""
-    posts_cursor = cursor_of_page(base, f"/api/v1/posts?limit={PAGE}", DEEP_PAGE)
-    feed_cursor = cursor_of_page(base, f"/api/v1/feed?limit={PAGE}", DEEP_PAGE, tokens["heavy"])
+    # a deep page: page DEEP_PAGE, or the last one of a shorter list (the small data set's feed)
+    posts_cursor, _ = cursor_of_page(base, f"/api/v1/posts?limit={PAGE}", DEEP_PAGE)
+    feed_cursor, feed_page = cursor_of_page(base, f"/api/v1/feed?limit={PAGE}", DEEP_PAGE, tokens["heavy"])
     bench_post = json.dumps({"title": "Bench post", "body": "Written under load."})
     search = "/api/v1/posts?limit=20&q="
     return [
@@ -398,7 +411,7 @@ def scenarios(base: str, ids: dict, tokens: dict) -> list[dict]:
         {"name": f"GET /posts (page {DEEP_PAGE})", "path": f"/api/v1/posts?limit={PAGE}&cursor={posts_cursor}"},
         {"name": "GET /feed, heavy reader (first page)", "path": f"/api/v1/feed?limit={PAGE}",
          "token": tokens["heavy"]},
-        {"name": f"GET /feed, heavy reader (page {DEEP_PAGE})",
+        {"name": "GET /feed, heavy reader (deep page)", "page": feed_page,
          "path": f"/api/v1/feed?limit={PAGE}&cursor={feed_cursor}", "token": tokens["heavy"]},
         {"name": f"search, rare word ({RARE_WORD})", "path": search + RARE_WORD, "search": True},
         {"name": f"search, middling word ({MIDDLING_WORD})", "path": search + MIDDLING_WORD, "search": True},
@@ -502,6 +515,8 @@ def in_process_app(env: dict):
             "CACHE_REDIS_URL": env["REDIS_URL"],
             "CELERY_BROKER_URL": env["REDIS_URL"],
             "RATELIMIT_ENABLED": False,
+            "LOG_LEVEL": "WARNING",
+            "CACHE_LOCAL_MAX_BYTES": 0,  # every read asks Redis: the plans see what a cleared cache sends
         }
     )
 
@@ -514,9 +529,9 @@ _EXPLAINED = re.compile(r"^\s*(SELECT|WITH|INSERT|UPDATE|DELETE)\b", re.I)
 def plans(app, requests: list[dict]) -> list[dict]:
     """EXPLAIN (ANALYZE, BUFFERS) of each statement the requests send (the cache emptied
     first, so the reads reach PostgreSQL), each in a transaction rolled back after it."""
-    import redis
     from sqlalchemy import event
 
+    from app import cache
     from app.db import db
 
     found: list[dict] = []
@@ -525,7 +540,7 @@ def plans(app, requests: list[dict]) -> list[dict]:
         engine = db.engine
         client = app.test_client()
         for request in requests:
-            redis.Redis.from_url(app.config["REDIS_URL"]).flushdb()
+            cache.clear()  # the revocation mirror the worker built stays: no lookup per token
             sent: list[tuple[str, object]] = []
 
             def record(conn, cursor, statement, parameters, context, executemany, sent=sent):
@@ -543,9 +558,10 @@ def plans(app, requests: list[dict]) -> list[dict]:
             finally:
                 event.remove(engine, "before_cursor_execute", record)
             for statement, parameters in sent:
-                if not _EXPLAINED.match(statement) or "set_config" in statement or statement in seen:
+                key = f"{statement} {parameters!r}"
+                if not _EXPLAINED.match(statement) or "set_config" in statement or key in seen:
                     continue
-                seen.add(statement)
+                seen.add(key)
                 raw = engine.raw_connection()
                 try:
                     with raw.cursor() as cursor:
@@ -720,6 +736,27 @@ def median_row(rounds: list[dict], label: str, name: str) -> dict:
     return row
 
 
+ACCOUNTS = {
+    "celebrity": "the celebrity (most followed)",
+    "heavy": "the heavy reader (follows most)",
+    "small": "the small account",
+}
+
+
+def account(last_round: dict, role: str) -> str:
+    """Who plays `role` on each data set, with its counts (and the deep feed page reached)."""
+    parts = []
+    for label in ("small", "large"):
+        ids = last_round[label]["_ids"]
+        user = ids[f"{role}_counts"]
+        part = f"user{ids[role]} ({user[0]:,} followers, follows {user[1]:,}"
+        if role == "heavy":
+            page = next(s["page"] for s in last_round[label]["_scenarios"] if "page" in s)
+            part += f"; its deep feed page is page {page}"
+        parts.append(part + ")")
+    return f"{ACCOUNTS[role]}: " + " / ".join(parts)
+
+
 def verdict(name: str, small: dict, large: dict, writes: dict) -> str:
     """Issue 17's goals: a read keeps 67 % of its small-data req/s with p95 under 50 ms;
     a search answers p95 under 100 ms (a 503 counts with its latency, at least the
@@ -758,6 +795,7 @@ def report(rounds, imports_rate, explained, sizes_now, record, machine, loads) -
         f"{bench.CONNECTIONS} connections, {bench.SECONDS} s per scenario after {bench.WARMUP_SECONDS} s unmeasured"
         f" (reads), {len(rounds)} round(s), medians; ceiling (bare Flask) {ceiling:,.0f} req/s. Machine: {machine};"
         f" load average after each data set: {', '.join(loads)}.",
+        "Accounts (small / large data set): " + "; ".join(account(rounds[-1], role) for role in ACCOUNTS) + ".",
         "",
         "| scenario | small req/s | large req/s | large/small | small p95 ms | large p95 ms | large p99 ms "
         "| errors small/large | large CPU µs/req web / PG | goal met |",
