@@ -401,7 +401,9 @@ def scenarios(base: str, ids: dict, tokens: dict) -> list[dict]:
     # a deep page: page DEEP_PAGE, or the last one of a shorter list (the small data set's feed)
     posts_cursor, _ = cursor_of_page(base, f"/api/v1/posts?limit={PAGE}", DEEP_PAGE)
     feed_cursor, feed_page = cursor_of_page(base, f"/api/v1/feed?limit={PAGE}", DEEP_PAGE, tokens["heavy"])
-    bench_post = json.dumps({"title": "Bench post", "body": "Written under load."})
+    from run import BENCH_POST_TITLE  # the title of the posts each run removes
+
+    bench_post = json.dumps({"title": BENCH_POST_TITLE, "body": "Written under load."})
     search = "/api/v1/posts?limit=20&q="
     return [
         {"name": "GET /users/{id} (cached)", "path": "/api/v1/users/{id}", "max_id": HOT, "fill": True},
@@ -616,6 +618,7 @@ def phase(bench, env: dict, password: str, measure: dict, label: str) -> dict:
                 scenario["min_id"], scenario["max_id"] = own_post_range(env["DATABASE_URL"], ids["small"], started)
             results[scenario["name"]] = measure(scenario, base, app_process)
         results["_ids"], results["_scenarios"] = ids, planned
+        results["_one_post"] = {role: one_post_ms(bench, base, tokens[role]) for role in ("small", "celebrity")}
     finally:
         for process in (app_process, worker):
             process.terminate()
@@ -623,6 +626,18 @@ def phase(bench, env: dict, password: str, measure: dict, label: str) -> dict:
         if "started" in locals():
             undo_follows(env["DATABASE_URL"], ids["small"], started)
     return results
+
+
+def one_post_ms(bench, base: str, token: str, times: int = 10) -> float:
+    """The median milliseconds of a post written with nothing else running: what the
+    writer waits for, apart from queueing behind others."""
+    body = {"title": bench.BENCH_POST_TITLE, "body": "Written alone."}
+    took = []
+    for _ in range(times):
+        started = time.perf_counter()
+        bench.call("POST", f"{base}/api/v1/posts", body, token=token)
+        took.append((time.perf_counter() - started) * 1000)
+    return statistics.median(took)
 
 
 def measure_with(bench, redis_url: str):
@@ -747,6 +762,10 @@ ACCOUNTS = {
 }
 
 
+def one_post(rounds: list[dict], label: str, role: str) -> float:
+    return statistics.median(r[label]["_one_post"][role] for r in rounds)
+
+
 def account(last_round: dict, role: str) -> str:
     """Who plays `role` on each data set, with its counts (and the deep feed page reached)."""
     parts = []
@@ -799,6 +818,12 @@ def report(rounds, imports_rate, explained, sizes_now, record, machine, loads) -
         f"{bench.CONNECTIONS} connections, {bench.SECONDS} s per scenario after {bench.WARMUP_SECONDS} s unmeasured"
         f" (reads), {len(rounds)} round(s), medians; ceiling (bare Flask) {ceiling:,.0f} req/s. Machine: {machine};"
         f" load average after each data set: {', '.join(loads)}.",
+        "One post at a time, nothing else running (median of 10, small / large data set): "
+        + "; ".join(
+            f"{ACCOUNTS[role]} {one_post(rounds, 'small', role):.1f} / {one_post(rounds, 'large', role):.1f} ms"
+            for role in ("small", "celebrity")
+        )
+        + ".",
         "Accounts (small / large data set): " + "; ".join(account(rounds[-1], role) for role in ACCOUNTS) + ".",
         "",
         "| scenario | small req/s | large req/s | large/small | small p95 ms | large p95 ms | large p99 ms "
