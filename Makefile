@@ -12,7 +12,7 @@ export FLASK_APP := wsgi:app
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test bench bench-import profile lock lint format services-up services-down reset clean
+.PHONY: run test bench bench-scale bench-import profile lock lint format services-up services-down reset clean
 
 # the runtime packages from the lock (as the image and a buildpack install them), then
 # the package and its dev tools
@@ -45,6 +45,13 @@ bench: $(BIN)/.installed
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
 	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(SERVICES) $(BIN)/python bench/run.py
+
+## bench-scale: the bench at 100,000 users and 2,000,000 posts (BENCH_SCALE) beside the small data set (writes bench/results/scale.md)
+bench-scale: export APP_ENV = production
+bench-scale: $(BIN)/.installed
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
+	@$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(SERVICES) $(BIN)/python bench/scale.py
 
 ## profile: where one endpoint's time goes (pyinstrument, in-process); PROFILE_PATH=/api/v1/feed?limit=20
 profile: export APP_ENV = production

@@ -1,5 +1,5 @@
 -- One wrk scenario, set by environment variables:
---   BENCH_METHOD (GET), BENCH_PATH (may hold {id}: a random 1..BENCH_MAX_ID),
+--   BENCH_METHOD (GET), BENCH_PATH (may hold {id}: a random BENCH_MIN_ID (1)..BENCH_MAX_ID),
 --   BENCH_BODY, BENCH_TOKEN (a bearer token),
 --   BENCH_MODE, with BENCH_ITEMS (a file, one item a line, split between the threads):
 --     "sequence": line "token id": each item once, in turn ({id} in the path is its id);
@@ -13,6 +13,7 @@ local method = os.getenv("BENCH_METHOD") or "GET"
 local path = os.getenv("BENCH_PATH") or "/"
 local body = os.getenv("BENCH_BODY")
 local token = os.getenv("BENCH_TOKEN")
+local min_id = tonumber(os.getenv("BENCH_MIN_ID") or "1")
 local max_id = tonumber(os.getenv("BENCH_MAX_ID") or "1")
 local mode = os.getenv("BENCH_MODE") or ""
 local items_file = os.getenv("BENCH_ITEMS") or ""
@@ -81,7 +82,7 @@ request = function()
     local b = body:gsub("{n}", string.format("%d-%d", seed or 0, sent))
     return wrk.format(method, path, headers_for(item[1]), b)
   end
-  local p = path:gsub("{id}", tostring(math.random(1, max_id)))
+  local p = path:gsub("{id}", tostring(math.random(min_id, max_id)))
   return wrk.format(method, p, nil, body)
 end
 

@@ -134,6 +134,7 @@ NOT_SETTINGS = {
     "BENCH_PATH",
     "BENCH_BODY",
     "BENCH_TOKEN",
+    "BENCH_MIN_ID",
     "BENCH_MAX_ID",
     "BENCH_MODE",
     "BENCH_ITEMS",

@@ -1,0 +1,77 @@
+"""The generator of `make bench-scale`'s data set, at a tiny scale: its skew and counters."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from app.db import db
+from bench.scale import (
+    CELEBRITIES,
+    COMMON_WORD,
+    MIDDLING_WORD,
+    RARE_WORD,
+    generate,
+    sizes,
+    word_counts,
+)
+
+FACTOR = 0.005  # 500 users, 10,000 posts, 10,000 follows
+
+
+def test_the_generated_graph_is_skewed_and_its_counters_match_the_rows():
+    conn = db.session.connection()
+    n = generate(conn, FACTOR, "!")
+    assert n == sizes(FACTOR)
+
+    def one(sql: str, **params):
+        return conn.execute(text(sql), params).scalar()
+
+    assert one("SELECT count(*) FROM users") == n["users"] == 500
+    assert one("SELECT count(*) FROM posts") == n["posts"] == 10_000
+    assert one("SELECT count(*) FROM follows") == n["follows"] == 10_000
+    # every celebrity is followed by half of everyone, and by no more
+    followers = conn.execute(
+        text("SELECT followed_id, count(*) FROM follows WHERE followed_id <= :c GROUP BY 1 ORDER BY 1"),
+        {"c": CELEBRITIES},
+    ).all()
+    assert followers == [(c, n["users"] // 2) for c in range(1, CELEBRITIES + 1)]
+    # besides the celebrities they may follow, the heavy readers follow a twentieth of
+    # everyone, the rest about ten accounts each
+    following = dict(
+        conn.execute(
+            text("SELECT follower_id, count(*) FROM follows WHERE followed_id > :c GROUP BY 1"), {"c": CELEBRITIES}
+        ).all()
+    )
+    heavy = range(CELEBRITIES + 1, CELEBRITIES + n["heavy_readers"] + 1)
+    assert {following.get(u) for u in heavy} == {n["heavy_follows"]}
+    small = [following.get(u, 0) for u in range(CELEBRITIES + n["heavy_readers"] + 1, n["users"] + 1)]
+    assert sum(small) == n["rest_follows"] and max(small) - min(small) <= 1
+    assert max(small) < n["heavy_follows"]
+    assert one("SELECT count(*) FROM follows WHERE follower_id = followed_id") == 0
+    # the stored counters are the rows'
+    assert (
+        one("""
+        SELECT count(*) FROM users u WHERE
+            post_count <> (SELECT count(*) FROM posts WHERE author_id = u.id)
+         OR follower_count <> (SELECT count(*) FROM follows WHERE followed_id = u.id)
+         OR following_count <> (SELECT count(*) FROM follows WHERE follower_id = u.id)
+    """)
+        == 0
+    )
+    assert one("SELECT count(DISTINCT password_hash) FROM users") == 1
+    # the search words: rare, middling, common, found through the search vector
+    counts = {
+        word: one("SELECT count(*) FROM posts WHERE search @@ to_tsquery('english', :w)", w=word)
+        for word in (RARE_WORD, MIDDLING_WORD, COMMON_WORD)
+    }
+    assert counts == word_counts(n["posts"])
+    assert counts[RARE_WORD] >= 1 and counts[RARE_WORD] / n["posts"] <= 0.0001
+    assert 0.009 < counts[MIDDLING_WORD] / n["posts"] < 0.011
+    assert counts[COMMON_WORD] / n["posts"] > 0.5
+    # beside the few common words, a long tail of words (the planner's statistics see it)
+    assert one("SELECT count(*) FROM ts_stat('SELECT search FROM posts')") > 5000
+    # the indexes and foreign keys are back, and new rows get new ids
+    indexes = set(conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'posts'")).scalars())
+    assert {"ix_posts_created", "ix_posts_author_created", "ix_posts_search", "uq_posts_author_external"} <= indexes
+    assert one("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'follows'::regclass") == 2
+    assert one("INSERT INTO posts (author_id, title, body) VALUES (1, 't', 'b') RETURNING id") == n["posts"] + 1
