@@ -29,7 +29,7 @@ def _not_common(value: str) -> None:
         raise ma.ValidationError("This password is too common; choose another.")
 
 
-PASSWORD = validate.And(validate.Length(min=10, max=128), _not_common)
+PASSWORD = [validate.Length(min=10, max=128), _not_common]
 EMAIL = validate.Length(max=254)
 MAILED_TOKEN = validate.Length(min=1, max=100)
 PASSWORD_RULES = "10 to 128 characters, not one of the 10,000 most common passwords."  # noqa: S105
