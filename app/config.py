@@ -184,6 +184,9 @@ def load(overrides: dict | None = None) -> dict:
         # the profile/post cache: may be its own Redis (an LRU one) in production
         "CACHE_REDIS_URL": os.environ.get("CACHE_REDIS_URL", redis_url),
         "CACHE_TTL_SECONDS": _int("CACHE_TTL_SECONDS", 300),
+        # an author with this many followers or more has their first feed pages dropped
+        # by a worker after the response, not by the request that changed their posts
+        "FEED_FANOUT_WORKER_THRESHOLD": _int("FEED_FANOUT_WORKER_THRESHOLD", 10_000),
         # the room (bytes) for each process's copies of entries it has read, dropped when Redis
         # reports a change; 0 turns them off (a Redis, proxy or cluster without CLIENT TRACKING)
         "CACHE_LOCAL_MAX_BYTES": _int("CACHE_LOCAL_MAX_BYTES", 16 * 1024 * 1024),

@@ -47,8 +47,8 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 # unmeasured load first: worker processes, pools and per-process copies warm up
 WARMUP_SECONDS = int(os.environ.get("BENCH_WARMUP_SECONDS", "3"))
-# every endpoint is measured this many times, in turn, and the table gives the median:
-# on a shared 2-core machine one 10 s run of an endpoint can be 25 % off the next
+# every endpoint is measured this many times, in turn, and the table gives the median
+# and the range: one short run on a shared machine is not to be trusted alone
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 USERS, POSTS, FOLLOWS = 1000, 20, 20
 HOT_POSTS = 1000  # the posts read again and again (measured cached), as against all of them

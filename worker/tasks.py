@@ -17,6 +17,7 @@ from app.auth import revocation
 from app.jobs import files as job_files
 from app.jobs import service as jobs
 from app.mail import outbox
+from app.posts import service as posts
 from app.users import service as users
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,15 @@ def invalidate_author_posts(user_id: int) -> int:
     """Drop every cached post of a user whose name (or status) changed."""
     count = users.invalidate_author_posts(user_id)
     log.info("cached posts of user %s dropped", user_id, extra={"posts": count})
+    return count
+
+
+@shared_task(name=queue.DROP_FOLLOWER_FEEDS, **RETRY)
+def drop_follower_feeds(author_id: int) -> int:
+    """The posts of an account with many followers changed: drop each follower's first
+    feed page (posts.service.drop_follower_feeds)."""
+    count = posts.drop_follower_feeds(author_id)
+    log.info("feeds of the followers of user %s dropped", author_id, extra={"followers": count})
     return count
 
 

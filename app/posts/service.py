@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import contains_eager
 
-from app import cache
+from app import cache, queue
 from app.db import db, statement_timeout
 from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, account_gone, check_version
 from app.mail import smtp
@@ -204,9 +204,29 @@ def feed(user_id: int, *, limit: int, cursor: str | None) -> bytes:
 def posts_changed(author_id: int, *keys: str) -> None:
     """After a commit that changed `author_id`'s posts (or whether they are shown): drop
     `keys`, the newest posts, the author's newest-posts entry and the first feed page of
-    each follower. Followers are read after the commit, so one who followed meanwhile
-    either is in this list or read the feed after the change."""
-    _posts_changed(author_id, followers_of(author_id), *keys)
+    each follower (_posts_changed). Followers are read after the commit, so one who
+    followed meanwhile either is in this list or read the feed after the change."""
+    threshold = current_app.config["FEED_FANOUT_WORKER_THRESHOLD"]
+    row = db.session.connection().execute(_FOLLOWERS_TO_NOTIFY, {"author": author_id, "threshold": threshold}).first()
+    follower_count, followers = row if row is not None else (0, [])
+    _posts_changed(author_id, followers if _notified_here(follower_count) else None, *keys)
+
+
+def _notified_here(follower_count: int) -> bool:
+    """Whether the request drops the followers' feed pages itself. An account with
+    FEED_FANOUT_WORKER_THRESHOLD followers or more leaves that to a worker: reading tens
+    of thousands of ids and deleting as many keys would hold its writer for a long time."""
+    return follower_count < current_app.config["FEED_FANOUT_WORKER_THRESHOLD"]
+
+
+# the author's follower count, and their followers while under the threshold: one round trip
+_FOLLOWERS_TO_NOTIFY = text("""
+SELECT u.follower_count, coalesce(f.ids, '{}') FROM users u LEFT JOIN LATERAL (
+    SELECT array_agg(follower_id) AS ids FROM follows
+    WHERE followed_id = u.id AND u.follower_count < :threshold
+) f ON true
+WHERE u.id = :author
+""")
 
 
 def followers_of(author_id: int) -> list[int]:
@@ -223,13 +243,32 @@ def followers_of(author_id: int) -> list[int]:
 _FOLLOWERS = select(Follow.follower_id).where(Follow.followed_id == bindparam("author"))
 
 
-def _posts_changed(author_id: int, followers: list[int], *keys: str) -> None:
+def _posts_changed(author_id: int, followers: list[int] | None, *keys: str) -> None:
+    """Drop `keys`, the author's and the newest posts' entries, and the first feed page of
+    each of `followers`; None: of every follower, by a worker (drop_follower_feeds), or
+    here when the broker cannot take the task."""
     cache.invalidate(
         *keys,
         cache.recent_posts_key(author_id),
         cache.newest_posts_key(),
-        *(cache.feed_key(follower) for follower in followers),
+        *(cache.feed_key(follower) for follower in followers or ()),
     )
+    if followers is None and not queue.send(queue.DROP_FOLLOWER_FEEDS, [author_id]):
+        drop_follower_feeds(author_id)
+
+
+FEED_DROP_BATCH = 1000
+
+
+def drop_follower_feeds(author_id: int) -> int:
+    """Drop the first feed page of every follower of `author_id` (the worker's half of a
+    fan-out), in batches; how many followers. The followers are read after the change was
+    committed, so none who followed before it is missed."""
+    followers = followers_of(author_id)
+    db.session.rollback()  # a read: no transaction held while Redis works
+    for start in range(0, len(followers), FEED_DROP_BATCH):
+        cache.invalidate(*(cache.feed_key(follower) for follower in followers[start : start + FEED_DROP_BATCH]))
+    return len(followers)
 
 
 def author_visibility_changed(author_id: int) -> None:
@@ -249,13 +288,15 @@ _CREATE = text("""
 WITH author AS (
     UPDATE users SET post_count = post_count + 1
     WHERE id = :author AND is_active AND (email_verified OR NOT :must_verify)
-    RETURNING id, username, display_name
+    RETURNING id, username, display_name, follower_count
 ), post AS (
     INSERT INTO posts (author_id, title, body)
     SELECT id, :title, :body FROM author
     RETURNING id, title, body, version, created_at, updated_at
 )
-SELECT post.*, author.id AS author_id, author.username, author.display_name FROM post, author
+SELECT post.*, author.id AS author_id, author.username, author.display_name,
+       author.follower_count AS author_follower_count
+FROM post, author
 """)
 
 UNVERIFIED_EMAIL = (
@@ -284,7 +325,7 @@ def create_post(author_id: int, title: str, body: str) -> dict | None:
         if must_verify and is_active(author_id):
             raise Forbidden(UNVERIFIED_EMAIL)
         return None
-    followers = followers_of(author_id)
+    followers = followers_of(author_id) if _notified_here(row.author_follower_count) else None
     db.session.commit()
     _posts_changed(author_id, followers, cache.profile_key(author_id))
     return _post_dict(row)
@@ -295,6 +336,7 @@ _AUTHOR_COLUMNS = (("id", "author_id"), ("username", "username"), ("display_name
 
 def _post_dict(row) -> dict:
     post = dict(row._mapping)
+    post.pop("author_follower_count", None)
     post["author"] = {name: post.pop(column) for name, column in _AUTHOR_COLUMNS}
     return post
 
