@@ -165,6 +165,26 @@ def users_key() -> str:
     return "list:v1:users"
 
 
+def feed_drop_pending_key(author_id: int) -> str:
+    """Set while a worker's drop of an author's followers' feed pages waits in the queue:
+    changes meanwhile need no drop of their own (posts.service._drop_follower_feeds_later)."""
+    return f"pending:feed-drop:{author_id}"
+
+
+def mark_pending(key: str, seconds: int) -> bool:
+    """Set `key` for `seconds` unless it is set: True when this call set it, or when Redis
+    cannot say (then the caller acts as if it had)."""
+    try:
+        return bool(_client().set(key, 1, nx=True, ex=seconds))
+    except RedisError as exc:
+        log.warning("pending mark not set (%s)", exc)
+        return True
+
+
+def clear_pending(key: str) -> None:
+    _client().delete(key)
+
+
 def _client():
     return current_app.extensions["cache_redis"]
 
@@ -243,7 +263,7 @@ def delete_cached(keys: list[str]) -> int:
     caught by the caller's second pass."""
     if not keys:
         return 0
-    names = [name for key in keys for name in (key, f"{key}:tombstone")]
+    names = [name for key in keys for name in (key, tombstone_key(key))]
     return int(_script(_DELETE_IF_CACHED)(keys=names, args=[TOMBSTONE_SECONDS]))
 
 

@@ -619,6 +619,7 @@ def phase(bench, env: dict, password: str, measure: dict, label: str) -> dict:
             results[scenario["name"]] = measure(scenario, base, app_process)
         results["_ids"], results["_scenarios"] = ids, planned
         results["_one_post"] = {role: one_post_ms(bench, base, tokens[role]) for role in ("small", "celebrity")}
+        results["_fanout_ms"] = fanout_ms(bench, base, tokens["celebrity"], env, ids["celebrity"])
     finally:
         for process in (app_process, worker):
             process.terminate()
@@ -638,6 +639,41 @@ def one_post_ms(bench, base: str, token: str, times: int = 10) -> float:
         bench.call("POST", f"{base}/api/v1/posts", body, token=token)
         took.append((time.perf_counter() - started) * 1000)
     return statistics.median(took)
+
+
+def fanout_ms(bench, base: str, token: str, env: dict, author_id: int) -> float:
+    """Milliseconds from the answer to a post by `author_id` until the first feed page of
+    every follower is dropped (each is set beforehand): when the followers see the post.
+    Over FEED_FANOUT_WORKER_THRESHOLD followers that is the worker's doing; under it, the
+    request's (so about 0)."""
+    import redis
+
+    from app.cache import feed_key
+
+    engine = create_engine(env["DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            followers = list(
+                conn.scalars(text("SELECT follower_id FROM follows WHERE followed_id = :a"), {"a": author_id})
+            )
+    finally:
+        engine.dispose()
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    chunks = [[feed_key(f) for f in followers[i : i + 5000]] for i in range(0, len(followers), 5000)]
+    for chunk in chunks:
+        pipe = client.pipeline(transaction=False)
+        for key in chunk:
+            pipe.set(key, b"[]", ex=600)
+        pipe.execute()
+    body = {"title": bench.BENCH_POST_TITLE, "body": "Written for the fan-out."}
+    bench.call("POST", f"{base}/api/v1/posts", body, token=token)
+    answered = time.perf_counter()
+    deadline = answered + 120
+    while any(client.exists(*chunk) for chunk in chunks):
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the followers' feed pages were not dropped within 120 s")
+        time.sleep(0.005)
+    return (time.perf_counter() - answered) * 1000
 
 
 def measure_with(bench, redis_url: str):
@@ -824,6 +860,12 @@ def report(rounds, imports_rate, explained, sizes_now, record, machine, loads) -
             for role in ("small", "celebrity")
         )
         + ".",
+        "The celebrity's followers see a post of theirs once their first feed pages are dropped "
+        "(by a worker at FEED_FANOUT_WORKER_THRESHOLD followers or more): "
+        + " / ".join(
+            f"{statistics.median(r[label]['_fanout_ms'] for r in rounds):.0f} ms" for label in ("small", "large")
+        )
+        + " after the answer (small / large data set).",
         "Accounts (small / large data set): " + "; ".join(account(rounds[-1], role) for role in ACCOUNTS) + ".",
         "",
         "| scenario | small req/s | large req/s | large/small | small p95 ms | large p95 ms | large p99 ms "

@@ -253,17 +253,33 @@ def _posts_changed(author_id: int, followers: list[int] | None, *keys: str) -> N
         cache.newest_posts_key(),
         *(cache.feed_key(follower) for follower in followers or ()),
     )
-    if followers is None and not queue.send(queue.DROP_FOLLOWER_FEEDS, [author_id]):
-        drop_follower_feeds(author_id)
+    if followers is None:
+        _drop_follower_feeds_later(author_id)
 
 
 FEED_DROP_BATCH = 1000
+# a queued drop lost with its worker blocks no later one for longer than this
+FEED_DROP_PENDING_SECONDS = 60
+
+
+def _drop_follower_feeds_later(author_id: int) -> None:
+    """Queue drop_follower_feeds, unless one is queued and not yet started: it reads the
+    followers and drops their pages after this commit, so it covers this change too. When
+    the broker cannot take the task, the drop happens here."""
+    pending = cache.feed_drop_pending_key(author_id)
+    if cache.mark_pending(pending, FEED_DROP_PENDING_SECONDS) and not queue.send(
+        queue.DROP_FOLLOWER_FEEDS, [author_id]
+    ):
+        with contextlib.suppress(RedisError):  # Redis down too: the cache TTL is the bound
+            drop_follower_feeds(author_id)
 
 
 def drop_follower_feeds(author_id: int) -> int:
     """Drop the first feed page of every follower of `author_id` (the worker's half of a
-    fan-out), in batches; how many followers. The followers are read after the change was
-    committed, so none who followed before it is missed."""
+    fan-out), in batches; how many followers. The pending mark goes first: a change
+    committed after it queues a drop of its own; one committed before it is covered here,
+    as the followers are read and their pages dropped after it."""
+    cache.clear_pending(cache.feed_drop_pending_key(author_id))
     followers = followers_of(author_id)
     db.session.rollback()  # a read: no transaction held while Redis works
     for start in range(0, len(followers), FEED_DROP_BATCH):

@@ -270,6 +270,14 @@ def test_a_reader_cannot_put_back_what_a_writer_just_invalidated(app, redis_clie
     assert redis_client.get(key) is None
 
 
+def test_delete_cached_drops_only_cached_keys_and_keeps_readers_from_putting_them_back(app, redis_client):
+    cached, absent = cache.post_key(1), cache.post_key(2)
+    cache.put(cached, b"old")
+    assert cache.delete_cached([cached, absent]) == 1
+    cache.put_many([(cached, b"stale"), (absent, b"new")])
+    assert [redis_client.get(k) for k in (cached, absent)] == [None, b"new"]
+
+
 def test_put_many_skips_only_the_entries_just_invalidated(app, redis_client):
     fresh, invalidated, other = (cache.post_key(i) for i in (1, 2, 3))
     cache.invalidate(invalidated)

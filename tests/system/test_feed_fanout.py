@@ -3,6 +3,8 @@ followers' cached feeds, and a real worker drops them right after."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 
 import pytest
@@ -10,7 +12,7 @@ import redis
 
 from app import cache, queue
 from app.users import service as users
-from tests.support.factories import UserFactory
+from tests.support.factories import PostFactory, UserFactory
 from tests.support.processes import Worker, service_env
 from tests.support.sessions import open_session
 
@@ -21,12 +23,15 @@ def test_followers_of_an_account_over_the_threshold_see_its_post_once_the_worker
 ):
     monkeypatch.setitem(app.config, "FEED_FANOUT_WORKER_THRESHOLD", 3)
     with app.app_context():
-        star, small = UserFactory(), UserFactory()
+        star, small, old = UserFactory(), UserFactory(), UserFactory()
+        old_post = PostFactory(author=old).id  # every feed holds it: a first page to cache
         fans = [UserFactory() for _ in range(3)]
         small_fan = UserFactory()
         for fan in fans:
             users.follow(fan.id, star.id)
+            users.follow(fan.id, old.id)
         users.follow(small_fan.id, small.id)
+        users.follow(small_fan.id, old.id)
         tokens = {user.id: open_session(user)["access_token"] for user in [star, small, *fans, small_fan]}
         fan_ids, star_id, small_id, small_fan_id = [fan.id for fan in fans], star.id, small.id, small_fan.id
     raw = redis.Redis.from_url(app.config["REDIS_URL"])
@@ -42,19 +47,22 @@ def test_followers_of_an_account_over_the_threshold_see_its_post_once_the_worker
         assert response.status_code == 201, response.json
         return response.json["id"]
 
+    raw.delete(*raw.keys("tombstone:*") or ["-"])  # the follows' tombstones, as if seconds had passed
     for reader in [*fan_ids, small_fan_id]:
-        assert feed_ids(reader) == []  # the empty first page is cached now
+        assert feed_ids(reader) == [old_post]  # the first page is cached now
         assert raw.exists(cache.feed_key(reader))
 
     # under the threshold: the request itself drops the follower's page
     small_post = post(small_id)
     assert not raw.exists(cache.feed_key(small_fan_id))
-    assert feed_ids(small_fan_id) == [small_post]
+    assert feed_ids(small_fan_id) == [small_post, old_post]
 
-    # at the threshold: the answer comes first; the followers' pages wait for a worker
-    star_post = post(star_id)
+    # at the threshold: the answer comes first; the followers' pages wait for a worker,
+    # one queued drop for both posts (the second comes while the first waits)
+    star_posts = [post(star_id), post(star_id)]
     assert all(raw.exists(cache.feed_key(fan)) for fan in fan_ids)
-    assert feed_ids(fan_ids[0]) == []  # the cached page, until the worker has run
+    assert feed_ids(fan_ids[0]) == [old_post]  # the cached page, until the worker has run
+    assert queued(raw, queue.DROP_FOLLOWER_FEEDS) == [[star_id]]
 
     worker = Worker(service_env(app, test_db_url), tmp_path / "worker.log", name="short", queues=[queue.SHORT])
     try:
@@ -65,4 +73,16 @@ def test_followers_of_an_account_over_the_threshold_see_its_post_once_the_worker
             time.sleep(0.05)
     finally:
         worker.stop()
-    assert [feed_ids(fan) for fan in fan_ids] == [[star_post]] * len(fan_ids)
+    assert [feed_ids(fan) for fan in fan_ids] == [[*star_posts[::-1], old_post]] * len(fan_ids)
+    assert not raw.exists(cache.feed_drop_pending_key(star_id))
+
+
+def queued(raw, task: str) -> list[list]:
+    """The arguments of each `task` message waiting in the short queue (Celery's Redis
+    transport keeps a queue as a list of JSON messages)."""
+    found = []
+    for message in raw.lrange(queue.SHORT, 0, -1):
+        message = json.loads(message)
+        if message["headers"]["task"] == task:
+            found.append(json.loads(base64.b64decode(message["body"]))[0])
+    return found
