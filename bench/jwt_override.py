@@ -34,7 +34,7 @@ def main() -> int:
         {
             "APP_ENV": "production",
             "DATABASE_URL": bench_database(),
-            "REDIS_URL": os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/" + REDIS_DB,
+            "REDIS_URL": os.environ["REDIS_URL"].rsplit("/", 1)[0] + f"/{REDIS_DB}",
             "SECRET_KEY": secrets.token_urlsafe(48),
             "JWT_SECRET_KEY": secrets.token_urlsafe(48),
             "RATELIMIT_ENABLED": "false",
