@@ -376,9 +376,9 @@ def test_author_posts_fan_out_drops_every_cached_post_of_the_author(client, redi
     uncached = PostFactory(author=author)
     assert invalidate_author_posts.run(author.id) == 4
     assert [redis_client.exists(cache.post_key(p.id)) for p in posts] == [0, 0, 0]
-    assert [redis_client.exists(f"{cache.post_key(p.id)}:tombstone") for p in posts] == [1, 1, 1]
+    assert [redis_client.exists(cache.tombstone_key(cache.post_key(p.id))) for p in posts] == [1, 1, 1]
     # a post not cached gets no tombstone: each write is reported to every process's copies
-    assert not redis_client.exists(f"{cache.post_key(uncached.id)}:tombstone")
+    assert not redis_client.exists(cache.tombstone_key(cache.post_key(uncached.id)))
     assert redis_client.exists(cache.post_key(other.id))
 
 

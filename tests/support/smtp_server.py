@@ -24,6 +24,7 @@ class SmtpServer:
         self.messages: list[EmailMessage] = []
         self.recipients: list[list[str]] = []
         self.refuse = False  # answer 451 (try again later) while set
+        self.refuse_next = 0  # answer 451 to this many deliveries, then accept
         self._stopped = False
         self._arrived = threading.Condition()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
@@ -42,7 +43,8 @@ class SmtpServer:
             self._controller.stop()
 
     async def handle_DATA(self, server, session, envelope):
-        if self.refuse:
+        if self.refuse or self.refuse_next > 0:
+            self.refuse_next = max(0, self.refuse_next - 1)
             return "451 Try again later"
         with self._arrived:
             self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
