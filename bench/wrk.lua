@@ -1,5 +1,6 @@
 -- One wrk scenario, set by environment variables:
---   BENCH_METHOD (GET), BENCH_PATH (may hold {id}: a random BENCH_MIN_ID (1)..BENCH_MAX_ID),
+--   BENCH_METHOD (GET), BENCH_PATH (may hold {id}: a random BENCH_MIN_ID (1)..BENCH_MAX_ID,
+--     never BENCH_SKIP_ID: the next one instead),
 --   BENCH_BODY, BENCH_TOKEN (a bearer token),
 --   BENCH_MODE, with BENCH_ITEMS (a file, one item a line, split between the threads):
 --     "sequence": line "token id": each item once, in turn ({id} in the path is its id);
@@ -15,6 +16,7 @@ local body = os.getenv("BENCH_BODY")
 local token = os.getenv("BENCH_TOKEN")
 local min_id = tonumber(os.getenv("BENCH_MIN_ID") or "1")
 local max_id = tonumber(os.getenv("BENCH_MAX_ID") or "1")
+local skip_id = tonumber(os.getenv("BENCH_SKIP_ID") or "0")
 local mode = os.getenv("BENCH_MODE") or ""
 local items_file = os.getenv("BENCH_ITEMS") or ""
 local threads = tonumber(os.getenv("BENCH_THREADS") or "2")
@@ -82,7 +84,11 @@ request = function()
     local b = body:gsub("{n}", string.format("%d-%d", seed or 0, sent))
     return wrk.format(method, path, headers_for(item[1]), b)
   end
-  local p = path:gsub("{id}", tostring(math.random(min_id, max_id)))
+  local id = math.random(min_id, max_id)
+  if id == skip_id then
+    id = id < max_id and id + 1 or min_id
+  end
+  local p = path:gsub("{id}", tostring(id))
   return wrk.format(method, p, nil, body)
 end
 

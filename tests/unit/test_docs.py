@@ -136,6 +136,7 @@ NOT_SETTINGS = {
     "BENCH_TOKEN",
     "BENCH_MIN_ID",
     "BENCH_MAX_ID",
+    "BENCH_SKIP_ID",
     "BENCH_MODE",
     "BENCH_ITEMS",
     "BENCH_THREADS",
