@@ -92,27 +92,36 @@ class ReadsWithoutTransaction(FlaskSQLAlchemySession):
 
 
 @contextlib.contextmanager
-def statement_timeout(milliseconds: int):
-    """Stop each statement in this block after `milliseconds` (QueryCanceled, SQLSTATE
-    57014), on the session's connection.
+def bounded_query(milliseconds: int):
+    """A block for a query whose cost depends on what a client asked (a search): each
+    statement stops after `milliseconds` (QueryCanceled, SQLSTATE 57014) and is planned
+    for its own parameters.
+
+    psycopg prepares a statement sent five times on a connection, and PostgreSQL then
+    tries one generic plan for every parameter; for a search that is a walk of the
+    newest-first index, fine for a common word and a scan of most of the table for a
+    rare one. `plan_cache_mode = force_custom_plan` keeps the plan per word.
 
     SET LOCAL lasts one transaction, and a GET request's session has none (autocommit):
     the block is a short transaction of its own, which PgBouncer in transaction mode
     keeps on one server connection. Inside a transaction already (a test's), it is a
-    savepoint, and the transaction's own timeout is set back after it.
+    savepoint, and the transaction's own settings are set back after it.
     """
     connection = db.session.connection()
     raw = connection.connection.dbapi_connection
     nested = raw.info.transaction_status != TransactionStatus.IDLE
     with raw.transaction():
-        connection.execute(_SET_TIMEOUT, {"value": f"{milliseconds}ms"})
+        connection.execute(_BOUND, {"timeout": f"{milliseconds}ms"})
         yield
         if nested:  # a released savepoint keeps its SET LOCAL
-            connection.execute(_DEFAULT_TIMEOUT)
+            for reset in _UNBOUND:
+                connection.execute(reset)
 
 
-_SET_TIMEOUT = text("SELECT set_config('statement_timeout', :value, true)")
-_DEFAULT_TIMEOUT = text("SET LOCAL statement_timeout TO DEFAULT")
+_BOUND = text(
+    "SELECT set_config('statement_timeout', :timeout, true), set_config('plan_cache_mode', 'force_custom_plan', true)"
+)
+_UNBOUND = (text("SET LOCAL statement_timeout TO DEFAULT"), text("SET LOCAL plan_cache_mode TO DEFAULT"))
 
 
 @functools.cache

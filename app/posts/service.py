@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import contains_eager
 
 from app import cache, queue
-from app.db import db, statement_timeout
+from app.db import bounded_query, db
 from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, account_gone, check_version
 from app.mail import smtp
 from app.models import Follow, Post, Role, User
@@ -176,7 +176,7 @@ def _search(query: KeysetQuery, **params) -> Page:
     grows with the table, and anyone may send one."""
     config = current_app.config
     try:
-        with statement_timeout(config["SEARCH_STATEMENT_TIMEOUT_MS"]):
+        with bounded_query(config["SEARCH_STATEMENT_TIMEOUT_MS"]):
             return query.page(**params)
     except OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) != QUERY_CANCELED:

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app.db import db, statement_timeout
+from app.db import bounded_query, db
 from app.factory import create_app
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "request_id"}
@@ -40,7 +40,7 @@ def failing_app(app, test_db_url):
 
     @broken.get("/too-slow")
     def too_slow():
-        with statement_timeout(50):
+        with bounded_query(50):
             db.session.execute(text("SELECT pg_sleep(2)"))
 
     return broken

@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import text
 
-from app.db import db, statement_timeout
+from app.db import bounded_query, db
 from app.models import Post, User
 from tests.support.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
 
@@ -205,9 +205,30 @@ def test_a_search_that_runs_too_long_is_stopped_and_answered_503(app, committed,
 def test_the_search_timeout_lasts_only_the_search(app):
     """Inside a transaction (here the test's) the search's timeout is set back after it."""
     before = db.session.scalar(text("SHOW statement_timeout"))
-    with statement_timeout(1234):
+    with bounded_query(1234):
         assert db.session.scalar(text("SHOW statement_timeout")) == "1234ms"
+        assert db.session.scalar(text("SHOW plan_cache_mode")) == "force_custom_plan"
     assert db.session.scalar(text("SHOW statement_timeout")) == before == "15s"
+    assert db.session.scalar(text("SHOW plan_cache_mode")) == "auto"
+
+
+def test_a_search_sent_again_and_again_is_planned_for_its_own_words_each_time(app):
+    """psycopg prepares a statement sent five times on a connection; PostgreSQL would then
+    plan the search once for every word (a generic plan). Inside bounded_query it never
+    does, and the connection's own setting is left as it was."""
+    from app.posts.service import list_posts
+
+    PostFactory.create_batch(3, body="a needle in the hay")
+    PostFactory.create_batch(3, body="only hay")
+    for _ in range(15):
+        assert b"needle" in list_posts(limit=20, cursor=None, q="needle")
+    plans = db.session.execute(
+        text("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE '%websearch%'")
+    ).all()
+    assert plans, "the search was not prepared: nothing is checked"
+    assert [generic for generic, _ in plans] == [0] * len(plans)
+    assert sum(custom for _, custom in plans) >= 10
+    assert db.session.scalar(text("SHOW plan_cache_mode")) == "auto"
 
 
 def test_searches_are_limited_per_address_and_the_plain_list_is_not(client, app, monkeypatch):
