@@ -29,27 +29,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from uploads_under_load import drop_database, free_port, percentile, wait_ready  # noqa: E402
+from uploads_under_load import drop_database, free_port, fresh_database, percentile, wait_ready  # noqa: E402
 
 READS_PER_SECOND = 100
-
-
-def fresh_database() -> str:
-    from app.config import database_url
-
-    base = make_url(database_url(os.environ["DATABASE_URL"]))
-    url = base.set(database=f"{base.database}_deletion_load")
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{url.database}"'))
-    admin.dispose()
-    return url.render_as_string(hide_password=False)
 
 
 def load(db_url: str, posts: int, followers: int, newest: bool) -> tuple[str, str, int]:
@@ -143,7 +129,7 @@ def job_finished(db_url: str) -> tuple[bool, str | None]:
 
 
 def main(posts: int, followers: int, newest: bool) -> None:
-    db_url = fresh_database()
+    db_url = fresh_database("deletion_load")
     follower_token, doomed_token, post_id = load(db_url, posts, followers, newest)
     port = free_port()
     env = {

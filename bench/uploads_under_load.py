@@ -45,11 +45,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def fresh_database() -> str:
+def fresh_database(suffix: str) -> str:
+    """An empty database `<DATABASE_URL's name>_<suffix>` (dropped first if it exists)."""
     from app.config import database_url
 
     base = make_url(database_url(os.environ["DATABASE_URL"]))
-    url = base.set(database=f"{base.database}_uploads_load")
+    url = base.set(database=f"{base.database}_{suffix}")
     admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
@@ -185,7 +186,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def main(uploads: int, mib: int, mibps: float) -> None:
-    db_url = fresh_database()
+    db_url = fresh_database("uploads_load")
     tokens = users_and_tokens(db_url, uploads)
     port = free_port()
     env = {
