@@ -11,8 +11,6 @@ DATABASE_URL and REDIS_URL set.
 
 from __future__ import annotations
 
-import os
-import secrets
 import statistics
 import sys
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import REDIS_DB, bench_database, flask, seed  # noqa: E402
+from bench.run import bench_in_this_process  # noqa: E402
 
 PATHS = ("/api/v1/feed?limit=20", "/api/v1/users/me")
 REQUESTS = 2000  # per path, side and round
@@ -30,21 +28,7 @@ ROUNDS = 7
 
 
 def main() -> int:
-    os.environ.update(
-        {
-            "APP_ENV": "production",
-            "DATABASE_URL": bench_database(),
-            "REDIS_URL": os.environ["REDIS_URL"].rsplit("/", 1)[0] + f"/{REDIS_DB}",
-            "SECRET_KEY": secrets.token_urlsafe(48),
-            "JWT_SECRET_KEY": secrets.token_urlsafe(48),
-            "RATELIMIT_ENABLED": "false",
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    subprocess_env = {**os.environ, "FLASK_APP": "wsgi:app"}
-    subprocess_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    flask(subprocess_env, "db", "upgrade")
-    password = seed(subprocess_env)
+    password = bench_in_this_process()
 
     from flask_jwt_extended import JWTManager, decode_token
 

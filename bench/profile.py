@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import BENCH_POST_TITLE, REDIS_DB, RESULTS, bench_database, flask, seed  # noqa: E402
+from bench.run import BENCH_POST_TITLE, RESULTS, bench_in_this_process  # noqa: E402
 
 PATH = os.environ.get("PROFILE_PATH", "/api/v1/feed?limit=20")
 METHOD = os.environ.get("PROFILE_METHOD", "GET").upper()
@@ -36,21 +35,7 @@ def main() -> int:
     from pyinstrument import Profiler
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    os.environ.update(
-        {
-            "APP_ENV": "production",
-            "DATABASE_URL": bench_database(),
-            "REDIS_URL": os.environ["REDIS_URL"].rsplit("/", 1)[0] + f"/{REDIS_DB}",
-            "SECRET_KEY": secrets.token_urlsafe(48),
-            "JWT_SECRET_KEY": secrets.token_urlsafe(48),
-            "RATELIMIT_ENABLED": "false",
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    subprocess_env = {**os.environ, "FLASK_APP": "wsgi:app"}
-    subprocess_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    flask(subprocess_env, "db", "upgrade")
-    password = seed(subprocess_env)
+    password = bench_in_this_process()
 
     from app.auth import revocation
     from app.factory import create_app

@@ -62,6 +62,27 @@ THREADS = 2
 AB = os.environ.get("BENCH_AB", "")
 
 
+def bench_in_this_process() -> str:
+    """Point this process at make bench's database and Redis database with production
+    settings, random secrets and no rate limits (for the in-process measurements),
+    migrate and seed them if need be; the seeded users' password."""
+    os.environ.update(
+        {
+            "APP_ENV": "production",
+            "DATABASE_URL": bench_database(),
+            "REDIS_URL": os.environ["REDIS_URL"].rsplit("/", 1)[0] + f"/{REDIS_DB}",
+            "SECRET_KEY": secrets.token_urlsafe(48),
+            "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+            "RATELIMIT_ENABLED": "false",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    subprocess_env = {**os.environ, "FLASK_APP": "wsgi:app"}
+    subprocess_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    flask(subprocess_env, "db", "upgrade")
+    return seed(subprocess_env)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
