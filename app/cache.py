@@ -9,7 +9,10 @@ page holds ids of public posts). Writers delete the key right after their transa
 commits, so the next read on any process is fresh; a delete that fails is retried by a
 Celery task, and the TTL bounds staleness if even that cannot run. A delete also leaves
 a short tombstone, so a reader that loaded the row before the write cannot put the old
-version back. The lists hold ids only (each item comes from its own key): a post
+version back. A first page's reader notes the tombstone before its query and may fill
+at once if no write came since (put_unless_written): the readers that follow a write to
+a list hit the cache again rather than each running the list's query for the
+tombstone's lifetime. The lists hold ids only (each item comes from its own key): a post
 created, deleted or imported drops the newest posts and the feed page of each of the
 author's followers (posts_changed), a follow or unfollow drops the reader's, a user
 registered drops the users, and an account (de)activated drops all of them.
@@ -26,6 +29,7 @@ and a hit costs no round trip. Writers and the TTL work on Redis only; the copie
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 
@@ -34,6 +38,7 @@ from redis.exceptions import RedisError
 
 from app import local_copies, queue
 from app.config import CACHE_TOMBSTONE_SECONDS
+from app.db import READ_ENGINE_CHOOSER
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +102,13 @@ def tombstone_key(key: str) -> str:
 
 
 # DEL each key and leave its tombstone (KEYS: the keys, then their tombstones in the same
-# order; ARGV: the tombstones' seconds): one command, whatever the number of keys
+# order; ARGV: the tombstones' seconds, a value new to this call): one command, whatever
+# the number of keys
 _DELETE_LEAVING_TOMBSTONES = """
 local n = #KEYS / 2
 for i = 1, n do
   redis.call('DEL', KEYS[i])
-  redis.call('SET', KEYS[n + i], 1, 'EX', ARGV[1])
+  redis.call('SET', KEYS[n + i], ARGV[2], 'EX', ARGV[1])
 end
 return n
 """
@@ -122,13 +128,24 @@ return written
 """
 
 
+# SET KEYS[1] (ARGV: ttl, value, the tombstone KEYS[2] held when the reader began, '' for
+# none) unless a writer has invalidated it since
+_PUT_UNLESS_WRITTEN = """
+if (redis.call('GET', KEYS[2]) or '') == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
 # DEL each key that exists and leave its tombstone (KEYS: key, its tombstone, ...; ARGV:
-# the tombstone's seconds); returns how many were deleted
+# the tombstone's seconds, a value new to this call); returns how many were deleted
 _DELETE_IF_CACHED = """
 local deleted = 0
 for i = 1, #KEYS, 2 do
   if redis.call('DEL', KEYS[i]) == 1 then
-    redis.call('SET', KEYS[i + 1], 1, 'EX', ARGV[1])
+    redis.call('SET', KEYS[i + 1], ARGV[2], 'EX', ARGV[1])
     deleted = deleted + 1
   end
 end
@@ -236,6 +253,31 @@ def put(key: str, payload: bytes) -> None:
     put_many([(key, payload)])
 
 
+def tombstone_now(key: str) -> bytes | None:
+    """The tombstone `key` has now (b"" for none; None when Redis cannot say), for
+    put_unless_written: read before the query whose result the reader will put."""
+    try:
+        return _client().get(tombstone_key(key)) or b""
+    except RedisError as exc:
+        log.warning("cache read skipped (%s)", exc)
+        return None
+
+
+def put_unless_written(key: str, payload: bytes, tombstone_before: bytes | None) -> None:
+    """put(), refused only when a writer has invalidated `key` since the reader noted
+    `tombstone_before` (tombstone_now): writers invalidate after their commit, so a
+    query that began after the note saw the write. With read replicas, as put(): a
+    replica may not have replayed the write yet."""
+    if tombstone_before is None or current_app.extensions.get(READ_ENGINE_CHOOSER):
+        put(key, payload)
+        return
+    try:
+        ttl = current_app.config["CACHE_TTL_SECONDS"]
+        _script(_PUT_UNLESS_WRITTEN)(keys=[key, tombstone_key(key)], args=[ttl, payload, tombstone_before])
+    except RedisError as exc:
+        log.warning("cache write skipped (%s)", exc)
+
+
 def invalidate(*keys: str) -> None:
     """Delete keys now; if Redis refuses, a worker retries (the TTL is the last resort)."""
     if not keys:
@@ -252,7 +294,8 @@ def invalidate(*keys: str) -> None:
 
 def delete_now(keys) -> None:
     keys = list(keys)
-    _script(_DELETE_LEAVING_TOMBSTONES)(keys=keys + [tombstone_key(key) for key in keys], args=[TOMBSTONE_SECONDS])
+    tombstones = [tombstone_key(key) for key in keys]
+    _script(_DELETE_LEAVING_TOMBSTONES)(keys=keys + tombstones, args=[TOMBSTONE_SECONDS, _new_tombstone()])
 
 
 def delete_cached(keys: list[str]) -> int:
@@ -264,7 +307,13 @@ def delete_cached(keys: list[str]) -> int:
     if not keys:
         return 0
     names = [name for key in keys for name in (key, tombstone_key(key))]
-    return int(_script(_DELETE_IF_CACHED)(keys=names, args=[TOMBSTONE_SECONDS]))
+    return int(_script(_DELETE_IF_CACHED)(keys=names, args=[TOMBSTONE_SECONDS, _new_tombstone()]))
+
+
+def _new_tombstone() -> str:
+    """A tombstone's value: new at each invalidation, so put_unless_written tells one
+    invalidation from the next."""
+    return secrets.token_hex(8)
 
 
 def stats() -> dict:

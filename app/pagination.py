@@ -141,9 +141,10 @@ class KeysetQuery:
         `limit`. The writers that change such a list drop its key (app/cache.py says when)."""
         entry = cache.get(key)
         if entry is None:
+            tombstone = cache.tombstone_now(key)  # before the query: its result is then fresh
             rows = db.session.connection().execute(self._first, {**params, "page_limit": PAGE_MAX + 1}).all()
             first = [[row[0], encode_cursor(row[1:])] for row in rows]
-            cache.put(key, json.dumps(first, separators=(",", ":")).encode())
+            cache.put_unless_written(key, json.dumps(first, separators=(",", ":")).encode(), tombstone)
         else:
             first = json.loads(entry)
         next_cursor = first[limit - 1][1] if len(first) > limit else None
