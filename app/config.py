@@ -187,6 +187,10 @@ def load(overrides: dict | None = None) -> dict:
         # an author with this many followers or more has their first feed pages dropped
         # by a worker after the response, not by the request that changed their posts
         "FEED_FANOUT_WORKER_THRESHOLD": _int("FEED_FANOUT_WORKER_THRESHOLD", 10_000),
+        # a reader following this many accounts or more has feed pages found by walking
+        # everyone's newest posts, at most FEED_WALK_SCAN of them a page (posts/service.py)
+        "FEED_WALK_MIN_FOLLOWING": _int("FEED_WALK_MIN_FOLLOWING", 1_000),
+        "FEED_WALK_SCAN": _int("FEED_WALK_SCAN", 10_000),
         # the room (bytes) for each process's copies of entries it has read, dropped when Redis
         # reports a change; 0 turns them off (a Redis, proxy or cluster without CLIENT TRACKING)
         "CACHE_LOCAL_MAX_BYTES": _int("CACHE_LOCAL_MAX_BYTES", 16 * 1024 * 1024),

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from flask import current_app
 from redis.exceptions import RedisError
-from sqlalchemy import BigInteger, Select, any_, bindparam, delete, func, or_, select, text, true, update
+from sqlalchemy import BigInteger, Select, any_, bindparam, delete, func, or_, select, text, true, union_all, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import contains_eager
@@ -94,29 +94,67 @@ def _newest_posts(*, active_authors: bool, by_author: bool = False, search: bool
 
 @functools.cache
 def _feed_query() -> KeysetQuery:
-    """Posts by the active users someone follows (`reader=`), newest first.
+    """Posts by the active users someone follows (`reader=`), newest first, found one of
+    two ways in one statement:
 
-    Each followed author's newest posts (after the cursor) are read from their own
-    index, at most a page per author, then merged: the work grows with how many people
-    the reader follows, not with how much they have written. Whether an author is active
-    is one primary-key lookup per followed user (a join let the planner scan all users).
-    The reader's own account is the caller's to check (tokens.current_user_id).
+    - merged: each followed author's newest posts (after the cursor) are read from their
+      own index, at most a page per author, then merged. The work grows with how many
+      people the reader follows, not with how much anyone has written.
+    - walked, for a reader who follows at least `walk_min` accounts: the newest posts of
+      everyone (after the cursor) are read in order from the newest-first index, which
+      carries each post's author, keeping those whose author the reader follows, until
+      a page is found. It stops after `walk_scan` posts; a page not found by then is
+      merged instead. For such a reader a page is usually a few hundred posts into the
+      walk, where merging reads an index per followed account.
+
+    Whether an author is active is one primary-key lookup per candidate post (a join let
+    the planner scan all users). The reader's own account is the caller's to check
+    (tokens.current_user_id).
     """
 
     def build(after):
+        reader = bindparam("reader")
+        author_active = select(User.is_active).where(User.id == Follow.followed_id).scalar_subquery()
         newest = select(Post.id, Post.created_at).where(Post.author_id == Follow.followed_id)
         if after is not None:
             newest = newest.where(comes_after([Post.created_at, Post.id], after))
         newest = (
             newest.order_by(Post.created_at.desc(), Post.id.desc()).limit(bindparam("page_limit")).lateral("newest")
         )
-        author_active = select(User.is_active).where(User.id == Follow.followed_id).scalar_subquery()
-        return (
-            select(newest.c.id, newest.c.created_at, newest.c.id.label("key_id"))
+        merged = (
+            select(newest.c.id, newest.c.created_at)
             .select_from(Follow)
             .join(newest, true())
-            .where(Follow.follower_id == bindparam("reader"), author_active)
+            .where(Follow.follower_id == reader, author_active)
         )
+
+        follows_many = select(User.following_count).where(User.id == reader).scalar_subquery() >= bindparam("walk_min")
+        everyones = select(Post.id, Post.created_at, Post.author_id).where(follows_many)
+        if after is not None:
+            everyones = everyones.where(comes_after([Post.created_at, Post.id], after))
+        everyones = everyones.order_by(Post.created_at.desc(), Post.id.desc()).limit(bindparam("walk_scan"))
+        everyones = everyones.subquery("everyones")
+        # scalar subqueries, not EXISTS or a join: PostgreSQL keeps them as filters on the
+        # ordered walk (which then stops at a page), checking the follow before the author
+        followed = (
+            select(true())
+            .where(Follow.follower_id == reader, Follow.followed_id == everyones.c.author_id)
+            .scalar_subquery()
+        )
+        active = select(User.is_active).where(User.id == everyones.c.author_id).scalar_subquery()
+        walked = (
+            select(everyones.c.id, everyones.c.created_at)
+            .where(followed, active)
+            .order_by(everyones.c.created_at.desc(), everyones.c.id.desc())
+            .limit(bindparam("page_limit"))
+            .cte("walked")
+        )
+        found = select(func.count()).select_from(walked).scalar_subquery()
+        feed = union_all(
+            select(walked.c.id, walked.c.created_at).where(found == bindparam("page_limit")),
+            merged.where(found < bindparam("page_limit")),
+        ).subquery("feed")
+        return select(feed.c.id, feed.c.created_at, feed.c.id.label("key_id"))
 
     return KeysetQuery(build, KEY_KINDS)
 
@@ -198,7 +236,16 @@ def feed(user_id: int, *, limit: int, cursor: str | None) -> bytes:
     """Posts by the active users `user_id` (an active account, checked by the caller)
     follows, newest first; the first page from the cache."""
     cached_as = cache.feed_key(user_id) if cursor is None else None
-    return _page_json(_feed_query().page(limit=limit, cursor=cursor, cached_as=cached_as, reader=user_id))
+    config = current_app.config
+    page = _feed_query().page(
+        limit=limit,
+        cursor=cursor,
+        cached_as=cached_as,
+        reader=user_id,
+        walk_min=config["FEED_WALK_MIN_FOLLOWING"],
+        walk_scan=config["FEED_WALK_SCAN"],
+    )
+    return _page_json(page)
 
 
 def posts_changed(author_id: int, *keys: str) -> None:

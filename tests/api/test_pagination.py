@@ -40,7 +40,18 @@ def test_posts_pages_miss_and_repeat_nothing_while_posts_are_added(client):
     assert pages == 6
 
 
-def test_feed_and_user_posts_pages(client, login):
+@pytest.fixture(params=["merged", "walked", "walked until the walk runs out"])
+def feed_way(request, app, monkeypatch):
+    """Each way the feed query finds a page (posts.service._feed_query): the readers of
+    these tests follow few accounts, so a walk is asked for by a threshold of 0; a walk
+    of 6 posts runs out on most pages, which are then merged."""
+    walk_min, walk_scan = {"merged": (10**9, 10_000), "walked": (0, 10_000)}.get(request.param, (0, 6))
+    monkeypatch.setitem(app.config, "FEED_WALK_MIN_FOLLOWING", walk_min)
+    monkeypatch.setitem(app.config, "FEED_WALK_SCAN", walk_scan)
+    return request.param
+
+
+def test_feed_and_user_posts_pages(client, login, feed_way):
     me, author = UserFactory(), UserFactory()
     FollowFactory(follower_id=me.id, followed_id=author.id)
     posts = [PostFactory(author=author, created_at=T0 + timedelta(seconds=i)) for i in range(15)]
@@ -49,19 +60,23 @@ def test_feed_and_user_posts_pages(client, login):
     assert walk(client, f"/api/v1/users/{author.id}/posts", limit=4)[0] == expected
 
 
-def test_feed_pages_merge_many_authors_and_leave_out_inactive_ones(client, login):
-    """The feed reads each author's newest posts separately and merges them: the pages
-    must still interleave the authors exactly (ties broken by id), skip nothing when an
-    author has more posts than a page, and leave out a deactivated author's posts."""
+def test_feed_pages_merge_many_authors_and_leave_out_inactive_ones(client, login, feed_way):
+    """The feed reads each author's newest posts separately and merges them, or walks
+    everyone's newest posts: the pages must still interleave the authors exactly (ties
+    broken by id), skip nothing when an author has more posts than a page, and leave out
+    a deactivated author's posts and those of accounts the reader does not follow."""
     me = UserFactory()
     authors = UserFactory.create_batch(3)
-    gone = UserFactory(is_active=False)
+    gone, stranger = UserFactory(is_active=False), UserFactory()
     for author in [*authors, gone]:
         FollowFactory(follower_id=me.id, followed_id=author.id)
     posts = [PostFactory(author=authors[i % 3], created_at=T0 + timedelta(minutes=i // 4)) for i in range(30)] + [
         PostFactory(author=authors[0], created_at=T0 + timedelta(minutes=100 + i)) for i in range(9)
     ]
     PostFactory(author=gone, created_at=T0 + timedelta(minutes=5))
+    for i in range(12):  # among the followed authors' posts
+        PostFactory(author=stranger, created_at=T0 + timedelta(minutes=3 * i, seconds=30))
+        PostFactory(author=gone, created_at=T0 + timedelta(minutes=3 * i, seconds=45))
     expected = [p.id for p in sorted(posts, key=lambda p: (p.created_at, p.id), reverse=True)]
     seen, pages = walk(
         client, "/api/v1/feed", headers=login(me), limit=4, between_pages=lambda: PostFactory(author=authors[1])

@@ -303,3 +303,32 @@ def test_psycopg_drops_prepared_statements_at_rollback_and_keeps_them_at_commit(
         assert conn.execute(prepared, prepare=False).fetchone()[0] == 1
         conn.rollback()
         assert conn.execute(prepared, prepare=False).fetchone()[0] == 0
+
+
+def _plan_nodes(node: dict):
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+@pytest.mark.parametrize("walk_min, runs, skipped", [(0, "everyones", "newest"), (10**9, "newest", "everyones")])
+def test_a_feed_page_is_walked_or_merged_never_both(app, reader, walk_min, runs, skipped):
+    """posts.service._feed_query: for a reader over FEED_WALK_MIN_FOLLOWING the walk of
+    everyone's newest posts (`everyones`) finds the page and the per-author merge
+    (`newest`) never runs; under it, the walk reads nothing."""
+    from app.posts.service import _feed_query
+
+    _followed_authors(reader.id, 3, posts_each=10)
+    PostFactory.create_batch(5)  # by others: the walk passes them by
+    query = _feed_query()
+    connection = db.session.connection()
+    first = connection.execute(query._first, {"reader": reader.id, "page_limit": 3, "walk_min": 0, "walk_scan": 100})
+    after = first.all()[-1][1:]
+    compiled = query._next.compile(dialect=db.engine.dialect)
+    params = {"reader": reader.id, "page_limit": 5, "walk_min": walk_min, "walk_scan": 100}
+    params.update((f"after_{i}", value) for i, value in enumerate(after))
+    explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}"
+    (plan,) = connection.exec_driver_sql(explain, compiled.construct_params(params)).scalar_one()
+    rows_of = {node["Alias"]: node["Actual Rows"] for node in _plan_nodes(plan["Plan"]) if "Alias" in node}
+    assert rows_of[runs] > 0 and rows_of[skipped] == 0, rows_of
+    assert plan["Plan"]["Actual Rows"] == 5

@@ -72,6 +72,11 @@ def test_the_generated_graph_is_skewed_and_its_counters_match_the_rows():
     assert one("SELECT count(*) FROM ts_stat('SELECT search FROM posts')") > 5000
     # the indexes and foreign keys are back, and new rows get new ids
     indexes = set(conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'posts'")).scalars())
-    assert {"ix_posts_created", "ix_posts_author_created", "ix_posts_search", "uq_posts_author_external"} <= indexes
+    assert {
+        "ix_posts_created_with_author",
+        "ix_posts_author_created",
+        "ix_posts_search",
+        "uq_posts_author_external",
+    } <= indexes
     assert one("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'follows'::regclass") == 2
     assert one("INSERT INTO posts (author_id, title, body) VALUES (1, 't', 'b') RETURNING id") == n["posts"] + 1
