@@ -9,7 +9,22 @@ from datetime import datetime
 
 from flask import current_app
 from redis.exceptions import RedisError
-from sqlalchemy import BigInteger, Select, any_, bindparam, delete, func, or_, select, text, true, union_all, update
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    any_,
+    bindparam,
+    case,
+    delete,
+    false,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import contains_eager
@@ -134,8 +149,9 @@ def _feed_query() -> KeysetQuery:
             everyones = everyones.where(comes_after([Post.created_at, Post.id], after))
         everyones = everyones.order_by(Post.created_at.desc(), Post.id.desc()).limit(bindparam("walk_scan"))
         everyones = everyones.subquery("everyones")
-        # scalar subqueries, not EXISTS or a join: PostgreSQL keeps them as filters on the
-        # ordered walk (which then stops at a page), checking the follow before the author
+        # scalar subqueries, not EXISTS or a join: PostgreSQL keeps them as a filter on the
+        # ordered walk (which then stops at a page); in a CASE, so the author's row is read
+        # only for a post whose author the reader follows, whatever the plan
         followed = (
             select(true())
             .where(Follow.follower_id == reader, Follow.followed_id == everyones.c.author_id)
@@ -144,7 +160,7 @@ def _feed_query() -> KeysetQuery:
         active = select(User.is_active).where(User.id == everyones.c.author_id).scalar_subquery()
         walked = (
             select(everyones.c.id, everyones.c.created_at)
-            .where(followed, active)
+            .where(case((followed, active), else_=false()))
             .order_by(everyones.c.created_at.desc(), everyones.c.id.desc())
             .limit(bindparam("page_limit"))
             .cte("walked")
