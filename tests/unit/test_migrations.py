@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import random
 import uuid
 import warnings
@@ -99,3 +100,27 @@ def test_0004_moves_job_files_into_chunks_and_back(empty_db_app):
         with db.engine.begin() as conn:
             back = dict(conn.execute(text("SELECT job_id, content FROM job_files")).all())
         assert back == {whole: content, empty: b""}  # a purged result has nothing to give back
+
+
+@pytest.mark.no_transaction
+def test_queries_are_not_jit_compiled_and_a_non_owner_can_still_migrate(empty_db_app):
+    """0007 turns JIT off for the database (new connections see it); a role that does
+    not own the database gets a warning, not a failed deploy."""
+    from sqlalchemy import text
+
+    jit_off = importlib.import_module("migrations.versions.0007_jit_off")
+    with empty_db_app.app_context():
+        upgrade()
+        db.engine.dispose()
+        with db.engine.connect() as conn:
+            assert conn.scalar(text("SHOW jit")) == "off"
+            role = f"not_owner_{uuid.uuid4().hex[:8]}"
+            conn.execute(text(f"CREATE ROLE {role}"))
+            try:
+                conn.execute(text(f"SET ROLE {role}"))
+                conn.connection.dbapi_connection.execute(jit_off.set_jit("on"))  # no error
+                conn.execute(text("RESET ROLE"))
+            finally:
+                conn.rollback()
+        with db.engine.connect() as conn:
+            assert conn.scalar(text("SHOW jit")) == "off"
