@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from app import cache
 from app.db import db
@@ -332,3 +333,27 @@ def test_a_feed_page_is_walked_or_merged_never_both(app, reader, walk_min, runs,
     rows_of = {node["Alias"]: node["Actual Rows"] for node in _plan_nodes(plan["Plan"]) if "Alias" in node}
     assert rows_of[runs] > 0 and rows_of[skipped] == 0, rows_of
     assert plan["Plan"]["Actual Rows"] == 5
+
+
+def test_a_word_in_a_few_posts_is_estimated_at_a_few_posts(reader):
+    """posts.search keeps long statistics (migration 0008): a word in 4 posts of 40,000,
+    written in a vocabulary too large for the default list of frequent words, is
+    estimated near 4 (about 40 at the default), so the search reads its posts from the
+    full-text index instead of walking the newest posts for a page of matches."""
+    db.session.execute(text("SELECT setseed(0.5)"))
+    db.session.execute(
+        text("""
+            INSERT INTO posts (author_id, title, body)
+            SELECT :author, 'a post', (
+                SELECT string_agg('w' || floor(3000 * power(random(), 3))::int || 'x', ' ')
+                FROM generate_series(1, 8) WHERE g > 0
+            ) FROM generate_series(1, 40000) g
+        """),
+        {"author": reader.id},
+    )
+    PostFactory.create_batch(4, author=reader, body="zzrare")
+    db.session.execute(text("ANALYZE posts"))
+    plan = db.session.scalar(
+        text("EXPLAIN (FORMAT JSON) SELECT id FROM posts WHERE search @@ websearch_to_tsquery('english', 'zzrare')")
+    )
+    assert 1 <= plan[0]["Plan"]["Plan Rows"] <= 12
