@@ -256,7 +256,7 @@ def main() -> int:
     restore_seeded_state(env)
     import redis
 
-    from app.cache import profile_key, tombstone_key
+    from app.cache import profile_key
 
     redis.Redis.from_url(redis_url).flushdb()  # a cold cache and fresh counters
     if AB:
@@ -301,7 +301,7 @@ def main() -> int:
                 # every profile's tombstone kept: each read is a miss whose cache fill is refused
                 "uncached": True,
                 # and gone after it, so the next round's cached reads are not misses too
-                "after": lambda: drop_cached(redis_url, tombstone_key(profile_key(""))),
+                "after": lambda: hold_misses(redis_url, profile_key(""), USERS, release=True),
             },
             {
                 "name": "POST /posts",
@@ -540,18 +540,13 @@ def ab_report(scenarios: list[dict], runs: dict, a_settings: dict, b_settings: d
 
 
 def prepare_cache(app_base: str, redis_url: str, scenario: dict) -> None:
-    import redis
-
-    from app.cache import profile_key, tombstone_key
+    from app.cache import profile_key
 
     if scenario.get("cold"):  # every round starts it on the same cold cache
         drop_cached(redis_url, scenario["cold"])
     if scenario.get("uncached"):  # misses all along: the entries gone, and tombstones stop the fills
         drop_cached(redis_url, "user:v1:")
-        pipe = redis.Redis.from_url(redis_url).pipeline(transaction=False)
-        for user_id in range(1, scenario["max_id"] + 1):
-            pipe.set(tombstone_key(profile_key(user_id)), 1, ex=SECONDS + WARMUP_SECONDS + 30)
-        pipe.execute()
+        hold_misses(redis_url, profile_key(""), scenario["max_id"])
     if scenario.get("fill"):  # each id read once: the cache holds them all
         for item_id in range(1, scenario["max_id"] + 1):
             urllib.request.urlopen(app_base + scenario["path"].format(id=item_id), timeout=10).read()
@@ -706,6 +701,35 @@ def cpu_per_request(before: dict | None, after: dict | None, requests: int) -> d
     if before is None or after is None or not requests:
         return None
     return {group: (after[group] - before[group]) / requests * 1e6 for group in after}
+
+
+# SET (ARGV[5] 'SET') or DEL ('DEL') the keys ARGV[3]..id for ids ARGV[1] to ARGV[2],
+# SET ones expiring after ARGV[4] seconds: a range of tombstones without a round trip each
+_TOMBSTONE_RANGE = """
+for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do
+  if ARGV[5] == 'SET' then
+    redis.call('SET', ARGV[3] .. i, 1, 'EX', ARGV[4])
+  else
+    redis.call('DEL', ARGV[3] .. i)
+  end
+end
+"""
+
+
+def hold_misses(redis_url: str, prefix: str, max_id: int, *, release: bool = False) -> None:
+    """Set (or, `release`, delete) the tombstone of the cache entry `prefix`+id for every id
+    up to `max_id`: while they stand, each read of such an id is a miss whose fill is
+    refused, however often the id comes up. They expire on their own soon after the
+    scenario."""
+    import redis
+
+    from app.cache import tombstone_key
+
+    script = redis.Redis.from_url(redis_url).register_script(_TOMBSTONE_RANGE)
+    seconds = SECONDS + WARMUP_SECONDS + 60
+    for start in range(1, max_id + 1, 100_000):
+        end = min(start + 99_999, max_id)
+        script(args=[start, end, tombstone_key(prefix), seconds, "DEL" if release else "SET"])
 
 
 def drop_cached(redis_url: str, prefix: str) -> None:

@@ -678,8 +678,9 @@ def fanout_ms(bench, base: str, token: str, env: dict, author_id: int) -> float:
 
 def measure_with(bench, redis_url: str):
     def measure(scenario: dict, base: str, server) -> dict:
-        if scenario.get("cold"):
+        if scenario.get("cold"):  # every read a miss on both data sets: entries gone, fills refused
             bench.drop_cached(redis_url, scenario["cold"])
+            bench.hold_misses(redis_url, scenario["cold"], scenario["max_id"])
         if scenario.get("fill"):
             for item_id in range(1, scenario["max_id"] + 1):
                 urllib.request.urlopen(base + scenario["path"].format(id=item_id), timeout=10).read()
@@ -689,6 +690,8 @@ def measure_with(bench, redis_url: str):
         before = bench.cpu_used(server.pid)
         result = wrk(bench, base, scenario)
         result["cpu_us"] = bench.cpu_per_request(before, bench.cpu_used(server.pid), result["requests"])
+        if scenario.get("cold"):
+            bench.hold_misses(redis_url, scenario["cold"], scenario["max_id"], release=True)
         print(
             f"  {scenario['name']:<46} {result['rps']:8.0f} req/s  p95 {result['p95'] / 1000:7.1f} ms  "
             f"errors {result['socket_errors'] + result['status_errors']}",

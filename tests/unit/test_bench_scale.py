@@ -80,3 +80,22 @@ def test_the_generated_graph_is_skewed_and_its_counters_match_the_rows():
     } <= indexes
     assert one("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'follows'::regclass") == 2
     assert one("INSERT INTO posts (author_id, title, body) VALUES (1, 't', 'b') RETURNING id") == n["posts"] + 1
+
+
+def test_a_held_miss_is_a_miss_on_every_read_until_released(app, client):
+    """The cold reads of both benches hold tombstones on every id: each read queries and
+    its fill is refused, however often the id comes up; released, the next read fills."""
+    from app import cache
+    from bench.run import hold_misses
+    from tests.support.factories import PostFactory
+
+    post = PostFactory()
+    redis_client = app.extensions["cache_redis"]
+    url = app.config["CACHE_REDIS_URL"]
+    hold_misses(url, cache.post_key(""), post.id)
+    for _ in range(3):
+        assert client.get(f"/api/v1/posts/{post.id}").status_code == 200
+        assert redis_client.get(cache.post_key(post.id)) is None
+    hold_misses(url, cache.post_key(""), post.id, release=True)
+    assert client.get(f"/api/v1/posts/{post.id}").status_code == 200
+    assert redis_client.get(cache.post_key(post.id)) is not None
