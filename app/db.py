@@ -12,7 +12,7 @@ from flask import current_app, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
 from psycopg.pq import TransactionStatus
-from sqlalchemy import MetaData, SelectBase, event, text
+from sqlalchemy import MetaData, SelectBase, event
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
@@ -104,24 +104,33 @@ def bounded_query(milliseconds: int):
 
     SET LOCAL lasts one transaction, and a GET request's session has none (autocommit):
     the block is a short transaction of its own, which PgBouncer in transaction mode
-    keeps on one server connection. Inside a transaction already (a test's), it is a
-    savepoint, and the transaction's own settings are set back after it.
+    keeps on one server connection. Its BEGIN and settings go in one round trip, sent
+    straight to psycopg (which sends a statement without parameters as it is, several
+    at once allowed). Inside a transaction already (a test's), it is a savepoint, and
+    the transaction's own settings are set back after it.
     """
     connection = db.session.connection()
     raw = connection.connection.dbapi_connection
-    nested = raw.info.transaction_status != TransactionStatus.IDLE
+    settings = _BOUND % int(milliseconds)
+    idle = raw.info.transaction_status == TransactionStatus.IDLE
+    if raw.autocommit and idle:
+        raw.execute(f"BEGIN; {settings}")
+        try:
+            yield
+        except BaseException:
+            raw.rollback()
+            raise
+        raw.commit()
+        return
     with raw.transaction():
-        connection.execute(_BOUND, {"timeout": f"{milliseconds}ms"})
+        raw.execute(settings)
         yield
-        if nested:  # a released savepoint keeps its SET LOCAL
-            for reset in _UNBOUND:
-                connection.execute(reset)
+        if not idle:  # a released savepoint keeps its SET LOCAL
+            raw.execute(_UNBOUND)
 
 
-_BOUND = text(
-    "SELECT set_config('statement_timeout', :timeout, true), set_config('plan_cache_mode', 'force_custom_plan', true)"
-)
-_UNBOUND = (text("SET LOCAL statement_timeout TO DEFAULT"), text("SET LOCAL plan_cache_mode TO DEFAULT"))
+_BOUND = "SET LOCAL statement_timeout = %d; SET LOCAL plan_cache_mode = force_custom_plan"
+_UNBOUND = "SET LOCAL statement_timeout TO DEFAULT; SET LOCAL plan_cache_mode TO DEFAULT"
 
 
 @functools.cache

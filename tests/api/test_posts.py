@@ -6,7 +6,9 @@ import time
 from datetime import datetime
 
 import pytest
+from psycopg.pq import TransactionStatus
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from app.db import bounded_query, db
 from app.models import Post, User
@@ -210,6 +212,28 @@ def test_the_search_timeout_lasts_only_the_search(app):
         assert db.session.scalar(text("SHOW plan_cache_mode")) == "force_custom_plan"
     assert db.session.scalar(text("SHOW statement_timeout")) == before == "15s"
     assert db.session.scalar(text("SHOW plan_cache_mode")) == "auto"
+
+
+@pytest.mark.no_transaction
+def test_in_a_read_request_the_search_is_a_short_transaction_of_its_own(app):
+    """A GET's session reads in autocommit: the block begins a transaction with its
+    settings, commits it (or rolls it back when the statement is stopped), and the
+    connection keeps none of its settings."""
+    with app.test_request_context(POSTS, method="GET"):
+        raw = db.session.connection().connection.dbapi_connection
+        assert raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
+        with bounded_query(1234):
+            assert raw.info.transaction_status == TransactionStatus.INTRANS
+            assert db.session.scalar(text("SHOW statement_timeout")) == "1234ms"
+            assert db.session.scalar(text("SHOW plan_cache_mode")) == "force_custom_plan"
+        assert raw.info.transaction_status == TransactionStatus.IDLE
+        assert db.session.scalar(text("SHOW statement_timeout")) == "15s"
+        with pytest.raises(OperationalError, match="statement timeout"), bounded_query(50):
+            db.session.execute(text("SELECT pg_sleep(2)"))
+        assert raw.info.transaction_status == TransactionStatus.IDLE
+        assert db.session.scalar(text("SHOW statement_timeout")) == "15s"
+        assert db.session.scalar(text("SHOW plan_cache_mode")) == "auto"
+        db.session.remove()
 
 
 def test_a_search_sent_again_and_again_is_planned_for_its_own_words_each_time(app):
