@@ -8,13 +8,16 @@ import contextlib
 import functools
 import select
 
+import psycopg
 from flask import current_app, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
 from psycopg.pq import TransactionStatus
-from sqlalchemy import MetaData, SelectBase, event
+from psycopg.rows import namedtuple_row
+from sqlalchemy import ClauseElement, MetaData, SelectBase, event
 from sqlalchemy.dialects.postgresql import TIMESTAMP
-from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
+from sqlalchemy.engine import Compiled
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
 
 # Stable constraint names, so migrations and error mapping can refer to them.
@@ -127,6 +130,89 @@ def bounded_query(milliseconds: int):
         yield
         if not idle:  # a released savepoint keeps its SET LOCAL
             raw.execute(_UNBOUND)
+
+
+def commit_in_one_trip(*statements: tuple[ClauseElement, dict]) -> list:
+    """Run `statements` (each with its parameters) in order in the session's transaction,
+    then commit, in one round trip: the first row of each (a named tuple), or None.
+
+    A write that changes a counter holds its row's lock from its first statement to the
+    COMMIT. Sent one at a time, the statements and the COMMIT are three or four round
+    trips, and the Python between them (the result, the next statement) waits for the
+    CPU like every other thread: under load the lock is held for milliseconds, and every
+    other write to that row (the same author's posts, a follow of the same account)
+    queues behind it. Here BEGIN, the statements and COMMIT are one query string, which
+    PostgreSQL runs back to back (its simple protocol; psycopg's ClientCursor puts the
+    parameters in, quoted for this connection). A statement is compiled once: module-level
+    or cached ones, with no expanding IN lists; its parameters go to psycopg as they are.
+
+    The statements go to psycopg, not through SQLAlchemy's execute (which sends one
+    statement a query), but the engine's cursor events still see them (the write flag,
+    query counters), and errors are SQLAlchemy's. Inside a transaction already (a
+    test's), the statements are sent without BEGIN and COMMIT, and the session's commit
+    ends it.
+    """
+    connection = db.session.connection()
+    raw = connection.connection.dbapi_connection
+    dialect = connection.dialect
+    cursor = psycopg.ClientCursor(raw, row_factory=namedtuple_row)
+    sent = []  # (SQL, parameters) of each statement
+    for statement, params in statements:
+        form = _compiled(statement, dialect)
+        sent.append((form.string, form.construct_params(params)))
+    events = connection.dispatch
+    if events.before_cursor_execute:
+        for sql, params in sent:
+            events.before_cursor_execute(connection, cursor, sql, params, None, False)
+    own_transaction = raw.info.transaction_status == TransactionStatus.IDLE
+    try:
+        parts = [cursor.mogrify(sql, params) for sql, params in sent]
+        query = ";\n".join(["BEGIN", *parts, "COMMIT"] if own_transaction else parts)
+        with _in_autocommit(raw):  # the query says where the transaction begins and ends
+            cursor.execute(query)
+            if own_transaction:
+                cursor.nextset()  # past BEGIN
+            rows = []
+            for number in range(len(parts)):
+                if number:
+                    cursor.nextset()
+                rows.append(cursor.fetchone() if cursor.description else None)
+    except psycopg.Error as error:
+        invalidated = dialect.is_disconnect(error, raw, cursor)
+        if invalidated:
+            connection.invalidate(error)
+        statement = ";\n".join(sql for sql, _ in sent)  # as SQLAlchemy's errors, no values in it
+        raise DBAPIError.instance(
+            statement, None, error, psycopg.Error, connection_invalidated=invalidated, dialect=dialect
+        ) from error
+    if events.after_cursor_execute:
+        for sql, params in sent:
+            events.after_cursor_execute(connection, cursor, sql, params, None, False)
+    db.session.commit()  # ends the session's transaction (its connection's is over, or ends here)
+    return rows
+
+
+@contextlib.contextmanager
+def _in_autocommit(raw):
+    """psycopg's own BEGIN left out: with autocommit off it sends one before any query."""
+    if raw.autocommit or raw.info.transaction_status != TransactionStatus.IDLE:
+        yield
+        return
+    raw.autocommit = True
+    try:
+        yield
+    finally:
+        if raw.info.transaction_status == TransactionStatus.INERROR:  # a statement failed
+            with contextlib.suppress(psycopg.Error):
+                raw.rollback()
+        if not raw.closed:
+            raw.autocommit = False
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(statement: ClauseElement, dialect) -> Compiled:
+    """The statement compiled once (its SQL and its bound literals)."""
+    return statement.compile(dialect=dialect)
 
 
 _BOUND = "SET LOCAL statement_timeout = %d; SET LOCAL plan_cache_mode = force_custom_plan"

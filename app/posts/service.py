@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import contains_eager
 
 from app import cache, queue
-from app.db import bounded_query, db
+from app.db import bounded_query, commit_in_one_trip, db
 from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, account_gone, check_version
 from app.mail import smtp
 from app.models import Follow, Post, Role, User
@@ -394,19 +394,21 @@ def create_post(author_id: int, title: str, body: str) -> dict | None:
     when `author_id` is not an active account, 403 when posting needs a verified email
     and the author's is not (nothing is written either way).
 
-    One statement writes the post, counts it and returns what the 201 shows; the
-    followers to notify are read after it, in the same transaction (followers_of)."""
+    One statement writes the post, counts it and returns what the 201 shows; the next
+    reads the followers to notify (see followers_of: a statement after the one that
+    locked the author's row); the two and the COMMIT go in one round trip."""
     must_verify = posting_needs_verified_email()
     params = {"author": author_id, "title": title, "body": body, "must_verify": must_verify}
-    row = db.session.connection().execute(_CREATE, params).first()
-    if row is None:
-        db.session.rollback()
+    threshold = current_app.config["FEED_FANOUT_WORKER_THRESHOLD"]
+    row, notify = commit_in_one_trip(
+        (_CREATE, params), (_FOLLOWERS_TO_NOTIFY, {"author": author_id, "threshold": threshold})
+    )
+    if row is None:  # nothing was written
         if must_verify and is_active(author_id):
             raise Forbidden(UNVERIFIED_EMAIL)
         return None
-    followers = followers_of(author_id) if _notified_here(row.author_follower_count) else None
-    db.session.commit()
-    _posts_changed(author_id, followers, cache.profile_key(author_id))
+    follower_count, followers = notify
+    _posts_changed(author_id, followers if _notified_here(follower_count) else None, cache.profile_key(author_id))
     return _post_dict(row)
 
 
@@ -414,7 +416,7 @@ _AUTHOR_COLUMNS = (("id", "author_id"), ("username", "username"), ("display_name
 
 
 def _post_dict(row) -> dict:
-    post = dict(row._mapping)
+    post = row._asdict()
     post.pop("author_follower_count", None)
     post["author"] = {name: post.pop(column) for name, column in _AUTHOR_COLUMNS}
     return post
@@ -443,18 +445,18 @@ def update_post(post_id: int, actor_id: int, changes: dict, expected_versions: C
     one expected (None: any); the post as stored, with its author's summary.
 
     One UPDATE does it all when it may (READ COMMITTED checks its conditions again on
-    the row it waited for); only when it changed nothing is the post read, locked, to
-    say why (404, 403, 412), or changed if it may be after all."""
+    the row it waited for), sent with its COMMIT in one round trip; only when it changed
+    nothing is the post read, locked, to say why (404, 403, 412), or changed if it may be
+    after all."""
     stmt = _update_post_stmt(tuple(sorted(changes)), expected_versions is not None)
     params = {"post": post_id, "actor": actor_id, "expected": list(expected_versions or ()), **changes}
-    row = db.session.connection().execute(stmt, params).first()
-    if row is None:
+    (row,) = commit_in_one_trip((stmt, params))
+    if row is None:  # nothing was written
         post = _editable(post_id, _actor(actor_id))
         check_version(expected_versions, post.version)
-        row = db.session.connection().execute(stmt, params).first()
+        (row,) = commit_in_one_trip((stmt, params))
         if row is None:  # pragma: no cover  (the row is locked and was just checked)
             raise NotFound(f"No post with id {post_id}.")
-    db.session.commit()
     cache.invalidate(cache.post_key(post_id), cache.recent_posts_key(row.author_id))
     return _post_dict(row)
 

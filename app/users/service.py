@@ -7,11 +7,11 @@ from collections.abc import Collection
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import BigInteger, bindparam, cast, func, or_, select, text, true, update
+from sqlalchemy import BigInteger, any_, bindparam, cast, func, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from app import cache, queue
-from app.db import db
+from app.db import commit_in_one_trip, db
 from app.errors import NotFound, ValidationFailed, check_version
 from app.jobs import service as jobs
 from app.models import Follow, Job, JobKind, Post, User
@@ -151,19 +151,11 @@ def update_profile(user_id: int, changes: dict, expected_versions: Collection[in
     expected (None: any). The profile as stored; None when the account is gone.
 
     One UPDATE, which locks the row first (the sub-select) to know the name it had, and
-    checks the version on the row it locked."""
-    before = select(User.id, User.display_name).where(User.id == user_id).with_for_update().subquery("before")
-    conditions = [User.id == before.c.id, User.is_active]
-    if expected_versions is not None:
-        conditions.append(User.version.in_(list(expected_versions)))
-    stmt = (
-        update(User)
-        .where(*conditions)
-        .values(**changes, version=User.version + 1, updated_at=func.now())
-        .returning(*User.__table__.c, before.c.display_name.label("display_name_before"))
-    )
-    row = db.session.connection().execute(stmt).first()
-    if row is None:  # why: gone, or another version
+    checks the version on the row it locked; it and the COMMIT go in one round trip."""
+    stmt = _update_profile_stmt(tuple(sorted(changes)), expected_versions is not None)
+    params = {"user": user_id, "expected": list(expected_versions or ()), **changes}
+    (row,) = commit_in_one_trip((stmt, params))
+    if row is None:  # nothing was written; why: gone, or another version
         user = db.session.get(User, user_id, populate_existing=True)
         active, version = (user.is_active, user.version) if user is not None else (False, None)
         db.session.rollback()
@@ -171,12 +163,28 @@ def update_profile(user_id: int, changes: dict, expected_versions: Collection[in
             return None
         check_version(expected_versions, version)
         raise RuntimeError("the profile update matched no row for no reason")  # pragma: no cover
-    db.session.commit()
     cache.invalidate(cache.profile_key(user_id))
-    profile = dict(row._mapping)
+    profile = row._asdict()
     if profile.pop("display_name_before") != profile["display_name"]:
         invalidate_author_posts_later(user_id)
     return profile
+
+
+@functools.cache
+def _update_profile_stmt(fields: tuple[str, ...], versioned: bool):
+    """The profile's UPDATE for these fields, built once: parameters `user`, `expected`
+    (the versions, when `versioned`) and one per field."""
+    before = select(User.id, User.display_name).where(User.id == bindparam("user")).with_for_update()
+    before = before.subquery("before")
+    conditions = [User.id == before.c.id, User.is_active]
+    if versioned:
+        conditions.append(User.version == any_(bindparam("expected", type_=ARRAY(BigInteger))))
+    return (
+        update(User)
+        .where(*conditions)
+        .values(**{field: bindparam(field) for field in fields}, version=User.version + 1, updated_at=func.now())
+        .returning(*User.__table__.c, before.c.display_name.label("display_name_before"))
+    )
 
 
 def invalidate_author_posts_later(user_id: int) -> None:
@@ -226,7 +234,8 @@ WITH follower AS (
     FROM locked WHERE users.id = locked.id
     RETURNING users.id
 )
-SELECT EXISTS (SELECT FROM follower), EXISTS (SELECT FROM followed), (SELECT count(*) FROM counted) > 0
+SELECT EXISTS (SELECT FROM follower) AS follower_ok, EXISTS (SELECT FROM followed) AS followed_ok,
+       (SELECT count(*) FROM counted) > 0 AS changed
 """
 _FOLLOW = text(
     _FOLLOW_PAIR.format(
@@ -260,13 +269,11 @@ def unfollow(follower_id: int, followed_id: int) -> bool:
 
 def _change_follow(stmt, follower_id: int, followed_id: int, delta: int) -> bool:
     params = {"follower": follower_id, "followed": followed_id, "delta": delta}
-    follower_ok, followed_ok, changed = db.session.connection().execute(stmt, params).one()
-    if not (follower_ok and followed_ok):
-        db.session.rollback()
+    ((follower_ok, followed_ok, changed),) = commit_in_one_trip((stmt, params))
+    if not (follower_ok and followed_ok):  # nothing was written
         if not follower_ok:
             return False
         raise NotFound(f"No user with id {followed_id}.")
-    db.session.commit()
     if changed:
         cache.invalidate(cache.profile_key(follower_id), cache.profile_key(followed_id), cache.feed_key(follower_id))
     return True

@@ -1,0 +1,156 @@
+"""Writes that send their statements and their COMMIT in one round trip
+(app/db.py commit_in_one_trip), as they run outside the test harness's transaction: a
+real BEGIN and COMMIT on a pooled connection, which is handed back as it was taken."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from psycopg.pq import TransactionStatus
+from sqlalchemy import text
+from sqlalchemy.exc import DataError
+
+from app.auth import revocation
+from app.db import commit_in_one_trip, db
+from tests.support.factories import UserFactory
+from tests.support.sessions import open_session
+
+pytestmark = pytest.mark.no_transaction
+
+POSTS = "/api/v1/posts"
+
+
+@pytest.fixture(autouse=True)
+def _mirror_ready(app, redis_client):
+    """The revocation mirror complete, as once a worker has built it: a write's account
+    check then sends PostgreSQL nothing before the write."""
+    with app.app_context():
+        revocation.rebuild_mirror()
+
+
+def signed_in(app, client, **fields) -> tuple[int, dict]:
+    """A user and their bearer header, the account remembered as active by this process
+    (its check, when a request first needs it, is a statement in the write's transaction)."""
+    with app.app_context():
+        user = UserFactory(**fields)
+        user_id, headers = user.id, {"Authorization": f"Bearer {open_session(user)['access_token']}"}
+    assert client.get("/api/v1/feed", headers=headers).status_code == 200
+    return user_id, headers
+
+
+def waiting_query(app, fragment: str, seconds: float = 10) -> str:
+    """The text PostgreSQL holds for the backend that waits on a lock in a statement
+    containing `fragment`: everything the client had sent as that query."""
+    with app.app_context():
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = db.session.scalar(
+                text("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND position(:f IN query) > 0"),
+                {"f": fragment},
+            )
+            db.session.rollback()
+            if found:
+                return found
+            time.sleep(0.02)
+    raise AssertionError(f"no backend waited on a lock in {fragment!r}")
+
+
+def test_a_new_post_reaches_postgresql_with_its_commit(app, committed, client):
+    """While the post waits for its author's row (locked here), PostgreSQL already holds
+    the whole write: BEGIN, the statements and COMMIT. Sent one at a time, the server
+    would hold only the first, and the row lock would then be kept over two more round
+    trips and whatever the web worker did in between."""
+    author_id, headers = signed_in(app, client)
+    answers = []
+    with app.app_context():
+        holder = db.engine.connect()
+    try:
+        holder.execute(text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": author_id})
+        writer = threading.Thread(
+            target=lambda: answers.append(client.post(POSTS, json={"title": "t", "body": "b"}, headers=headers))
+        )
+        writer.start()
+        query = waiting_query(app, "INSERT INTO posts")
+    finally:
+        holder.rollback()
+        holder.close()
+    writer.join(timeout=30)
+    statements = [part.strip().split()[0] for part in query.split(";\n")]
+    assert statements == ["BEGIN", "WITH", "SELECT", "COMMIT"], query
+    assert answers and answers[0].status_code == 201, answers and answers[0].get_json()
+    with app.app_context():
+        stored = db.session.execute(
+            text(
+                "SELECT u.post_count, count(p.id) FROM users u LEFT JOIN posts p ON p.author_id = u.id"
+                " WHERE u.id = :id GROUP BY u.id"
+            ),
+            {"id": author_id},
+        ).one()
+    assert tuple(stored) == (1, 1)
+
+
+def test_a_follow_and_a_profile_change_go_with_their_commit_too(app, committed, client):
+    follower_id, headers = signed_in(app, client)
+    with app.app_context():
+        followed_id = UserFactory().id
+    for method, url, body, fragment in [
+        ("PUT", f"/api/v1/users/{followed_id}/follow", None, "INSERT INTO follows"),
+        ("PATCH", "/api/v1/users/me", {"bio": "changed"}, "UPDATE users SET"),
+    ]:
+        answers = []
+        with app.app_context():
+            holder = db.engine.connect()
+        try:
+            holder.execute(text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": follower_id})
+            writer = threading.Thread(
+                target=lambda a=answers, m=method, u=url, b=body: a.append(
+                    client.open(u, method=m, json=b, headers=headers)
+                )
+            )
+            writer.start()
+            query = waiting_query(app, fragment)
+        finally:
+            holder.rollback()
+            holder.close()
+        writer.join(timeout=30)
+        assert query.startswith("BEGIN;") and query.rstrip().endswith("COMMIT"), query
+        assert answers and answers[0].status_code in (200, 204), answers and answers[0].get_json()
+    with app.app_context():
+        row = db.session.execute(
+            text("SELECT following_count, bio FROM users WHERE id = :id"), {"id": follower_id}
+        ).one()
+    assert tuple(row) == (1, "changed")
+
+
+def test_text_full_of_sql_and_quoting_is_stored_as_sent(app, committed, client):
+    """The parameters are put into the query by psycopg, quoted for the connection."""
+    _, headers = signed_in(app, client)
+    title = "'; DROP TABLE posts; -- \\' \" %s %(title)s $$ $1"
+    body = "E'\\n' \\x00 back\\slash 100% ;\nCOMMIT; ROLLBACK; \U0001f600 \u00e9\u0301 {} ::text"
+    created = client.post(POSTS, json={"title": title, "body": body}, headers=headers)
+    assert created.status_code == 201, created.get_json()
+    assert (created.get_json()["title"], created.get_json()["body"]) == (title, body)
+    read = client.get(f"{POSTS}/{created.get_json()['id']}").get_json()
+    assert (read["title"], read["body"]) == (title, body)
+    with app.app_context():
+        assert db.session.scalar(text("SELECT count(*) FROM posts")) == 1
+
+
+def test_a_statement_that_fails_writes_nothing_and_the_connection_is_left_as_it_was(app, committed):
+    with app.app_context():
+        user_id = UserFactory(bio="before").id
+    with app.test_request_context(POSTS, method="POST"):
+        raw = db.session.connection().connection.dbapi_connection
+        assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
+        change = text("UPDATE users SET bio = 'after' WHERE id = :id")
+        with pytest.raises(DataError, match="division by zero"):
+            commit_in_one_trip((change, {"id": user_id}), (text("SELECT 1 / :zero"), {"zero": 0}))
+        assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
+        db.session.rollback()
+        assert db.session.scalar(text("SELECT bio FROM users WHERE id = :id"), {"id": user_id}) == "before"
+        # the same connection writes again, and commits
+        assert commit_in_one_trip((change, {"id": user_id}), (text("SELECT 1 AS one"), {})) == [None, (1,)]
+        assert db.session.scalar(text("SELECT bio FROM users WHERE id = :id"), {"id": user_id}) == "after"
+        db.session.remove()
