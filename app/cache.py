@@ -188,18 +188,37 @@ def feed_drop_pending_key(author_id: int) -> str:
     return f"pending:feed-drop:{author_id}"
 
 
-def mark_pending(key: str, seconds: int) -> bool:
-    """Set `key` for `seconds` unless it is set: True when this call set it, or when Redis
-    cannot say (then the caller acts as if it had)."""
+def feed_drop_recent_key(author_id: int) -> str:
+    """Set for a while when a worker begins dropping an author's followers' feed pages:
+    the next drop of that author waits until it is gone."""
+    return f"recent:feed-drop:{author_id}"
+
+
+# the pending mark, unless set; then how many milliseconds the recent mark has left
+_MARK_PENDING_AFTER = """
+if not redis.call('set', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then return -1 end
+return math.max(redis.call('pttl', KEYS[2]), 0)
+"""
+
+
+def mark_pending_after(key: str, seconds: int, recent_key: str) -> float | None:
+    """Set `key` for `seconds` unless it is set: None when it was, else the seconds until
+    `recent_key` is gone (0 when it is not set, or when Redis cannot say: then the caller
+    acts as if it had set the mark)."""
     try:
-        return bool(_client().set(key, 1, nx=True, ex=seconds))
+        waited = _script(_MARK_PENDING_AFTER)(keys=[key, recent_key], args=[seconds])
     except RedisError as exc:
         log.warning("pending mark not set (%s)", exc)
-        return True
+        return 0.0
+    return None if waited < 0 else waited / 1000
 
 
-def clear_pending(key: str) -> None:
-    _client().delete(key)
+def begin_pending(key: str, recent_key: str, seconds: float) -> None:
+    """The pending work begins: its mark goes, and `recent_key` is set for `seconds`."""
+    pipe = _client().pipeline(transaction=False)
+    pipe.delete(key)
+    pipe.set(recent_key, 1, px=max(1, int(seconds * 1000)))
+    pipe.execute()
 
 
 def _client():

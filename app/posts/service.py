@@ -327,12 +327,16 @@ FEED_DROP_PENDING_SECONDS = 60
 
 def _drop_follower_feeds_later(author_id: int) -> None:
     """Queue drop_follower_feeds, unless one is queued and not yet started: it reads the
-    followers and drops their pages after this commit, so it covers this change too. When
-    the broker cannot take the task, the drop happens here."""
+    followers and drops their pages after this commit, so it covers this change too.
+
+    It waits until FEED_DROP_SPACING_SECONDS after the author's last drop began: an
+    account posting many times a second then has about one drop a second (each reads
+    every follower and deletes as many keys), not one after the other for as long as it
+    posts, which would keep a worker's CPU busy. When the broker cannot take the task,
+    the drop happens here."""
     pending = cache.feed_drop_pending_key(author_id)
-    if cache.mark_pending(pending, FEED_DROP_PENDING_SECONDS) and not queue.send(
-        queue.DROP_FOLLOWER_FEEDS, [author_id]
-    ):
+    wait = cache.mark_pending_after(pending, FEED_DROP_PENDING_SECONDS, cache.feed_drop_recent_key(author_id))
+    if wait is not None and not queue.send(queue.DROP_FOLLOWER_FEEDS, [author_id], countdown=wait or None):
         with contextlib.suppress(RedisError):  # Redis down too: the cache TTL is the bound
             drop_follower_feeds(author_id)
 
@@ -342,7 +346,8 @@ def drop_follower_feeds(author_id: int) -> int:
     fan-out), in batches; how many followers. The pending mark goes first: a change
     committed after it queues a drop of its own; one committed before it is covered here,
     as the followers are read and their pages dropped after it."""
-    cache.clear_pending(cache.feed_drop_pending_key(author_id))
+    spacing = current_app.config["FEED_DROP_SPACING_SECONDS"]
+    cache.begin_pending(cache.feed_drop_pending_key(author_id), cache.feed_drop_recent_key(author_id), spacing)
     followers = followers_of(author_id)
     db.session.rollback()  # a read: no transaction held while Redis works
     for start in range(0, len(followers), FEED_DROP_BATCH):

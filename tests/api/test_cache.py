@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from datetime import datetime
 
 import pytest
 
@@ -507,3 +508,40 @@ def test_cli_cache_clear_leaves_every_other_key_alone(app, client, redis_client)
     left = {key.decode() for key in redis_client.keys("*")}
     assert left == others
     assert {key: redis_client.dump(key) for key in left} == before
+
+
+def test_one_authors_worker_drops_begin_at_least_the_spacing_apart(app, client, login, redis_client, monkeypatch):
+    """Over the threshold, the first post queues its followers' drop at once; a post after
+    a drop began queues the next one to start FEED_DROP_SPACING_SECONDS after it; a post
+    while one is queued queues nothing (the queued drop covers it)."""
+    from app import queue
+    from app.posts import service as posts
+    from tests.support.factories import FollowFactory
+
+    monkeypatch.setitem(app.config, "FEED_FANOUT_WORKER_THRESHOLD", 1)
+    monkeypatch.setitem(app.config, "FEED_DROP_SPACING_SECONDS", 30)
+    star = UserFactory()
+    FollowFactory(follower_id=UserFactory().id, followed_id=star.id)
+    headers = login(star)
+
+    def new_drops() -> list[dict]:
+        """The headers of the drops queued since the last call."""
+        found = [json.loads(message)["headers"] for message in redis_client.lrange(queue.SHORT, 0, -1)]
+        redis_client.delete(queue.SHORT)
+        return [message for message in found if message["task"] == queue.DROP_FOLLOWER_FEEDS]
+
+    def post() -> float:
+        assert client.post(POSTS, json={"title": "t", "body": "b"}, headers=headers).status_code == 201
+        return time.time()
+
+    post()
+    (first,) = new_drops()
+    assert first["eta"] is None
+    post()
+    assert new_drops() == []  # the first is still queued
+    posts.drop_follower_feeds(star.id)  # a worker takes it
+    sent = post()
+    (second,) = new_drops()
+    assert second["eta"] is not None
+    wait = datetime.fromisoformat(second["eta"]).timestamp() - sent
+    assert 25 < wait <= 30, wait
