@@ -743,7 +743,7 @@ def main() -> int:
     bench.flask(large, "db", "upgrade")
     large_app = in_process_app(large)
     record, large_password = seed_scale(large, large_app)
-    sizes_now = {"small": data_set_size(small["DATABASE_URL"]), "large": data_set_size(large_url)}
+    sizes_now: dict = {}
 
     ceiling_process, ceiling_base = bench.start(common, "bench.ceiling:app", RESULTS / "ceiling.log")
     measure = measure_with(bench, redis_url)
@@ -754,6 +754,8 @@ def main() -> int:
             print(f"round {number} of {bench.ROUNDS}", flush=True)
             for env in (small, large):
                 bench.restore_seeded_state(env)
+            if not sizes_now:  # as measured: after what earlier runs (or anything else) wrote is gone
+                sizes_now.update(small=data_set_size(small["DATABASE_URL"]), large=data_set_size(large_url))
             ceiling = wrk(bench, ceiling_base, {"path": "/ping"})
             print(f"  ceiling {ceiling['rps']:8.0f} req/s", flush=True)
             this = {"ceiling": ceiling}
