@@ -10,10 +10,11 @@ import time
 import pytest
 from psycopg.pq import TransactionStatus
 from sqlalchemy import text
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 
 from app.auth import revocation
 from app.db import commit_in_one_trip, db
+from app.errors import QUERY_CANCELED
 from tests.support.factories import UserFactory
 from tests.support.sessions import open_session
 
@@ -153,4 +154,26 @@ def test_a_statement_that_fails_writes_nothing_and_the_connection_is_left_as_it_
         # the same connection writes again, and commits
         assert commit_in_one_trip((change, {"id": user_id}), (text("SELECT 1 AS one"), {})) == [None, (1,)]
         assert db.session.scalar(text("SELECT bio FROM users WHERE id = :id"), {"id": user_id}) == "after"
+        db.session.remove()
+
+
+def test_a_write_stopped_by_its_timeout_is_the_503_kind_of_error(app, committed):
+    """A statement cut off by statement_timeout comes out as SQLAlchemy's OperationalError
+    with PostgreSQL's code (app/errors.py answers it 503), and nothing of the query stays."""
+    with app.app_context():
+        user_id = UserFactory(bio="before").id
+    with app.test_request_context(POSTS, method="POST"):
+        raw = db.session.connection().connection.dbapi_connection
+        change = text("UPDATE users SET bio = 'after' WHERE id = :id")
+        with pytest.raises(OperationalError) as stopped:
+            commit_in_one_trip(
+                (text("SET LOCAL statement_timeout = 50"), {}),
+                (change, {"id": user_id}),
+                (text("SELECT pg_sleep(2)"), {}),
+            )
+        assert stopped.value.orig.sqlstate == QUERY_CANCELED
+        assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
+        db.session.rollback()
+        assert db.session.scalar(text("SELECT bio FROM users WHERE id = :id"), {"id": user_id}) == "before"
+        assert db.session.scalar(text("SHOW statement_timeout")) == "15s"
         db.session.remove()
