@@ -1,6 +1,7 @@
 """The database layer: SQLAlchemy's `db`, the model base every table derives from, the
-session that reads without a transaction, and the listeners on the engine (the pool's
-checkout poll, noting writes). Models import this module and nothing else of the app."""
+session that reads without a transaction, the bounded search block and the write sent
+with its COMMIT in one round trip, and the listeners on the engine (the pool's checkout
+poll, noting writes). Models import this module and nothing else of the app."""
 
 from __future__ import annotations
 
