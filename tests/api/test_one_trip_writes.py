@@ -58,29 +58,38 @@ def waiting_query(app, fragment: str, seconds: float = 10) -> str:
     raise AssertionError(f"no backend waited on a lock in {fragment!r}")
 
 
+def sent_while_blocked(app, client, user_id: int, fragment: str, method: str, url: str, body=None, headers=None):
+    """Send the request while `user_id`'s row is locked here: the query PostgreSQL holds
+    for it as it waits (waiting_query), and the response once the lock is gone."""
+    answers = []
+    with app.app_context():
+        holder = db.engine.connect()
+    try:
+        holder.execute(text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": user_id})
+        writer = threading.Thread(
+            target=lambda: answers.append(client.open(url, method=method, json=body, headers=headers))
+        )
+        writer.start()
+        query = waiting_query(app, fragment)
+    finally:
+        holder.rollback()
+        holder.close()
+    writer.join(timeout=30)
+    assert answers, "the request did not finish"
+    return query, answers[0]
+
+
 def test_a_new_post_reaches_postgresql_with_its_commit(app, committed, client):
     """While the post waits for its author's row (locked here), PostgreSQL already holds
     the whole write: BEGIN, the statements and COMMIT. Sent one at a time, the server
     would hold only the first, and the row lock would then be kept over two more round
     trips and whatever the web worker did in between."""
     author_id, headers = signed_in(app, client)
-    answers = []
-    with app.app_context():
-        holder = db.engine.connect()
-    try:
-        holder.execute(text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": author_id})
-        writer = threading.Thread(
-            target=lambda: answers.append(client.post(POSTS, json={"title": "t", "body": "b"}, headers=headers))
-        )
-        writer.start()
-        query = waiting_query(app, "INSERT INTO posts")
-    finally:
-        holder.rollback()
-        holder.close()
-    writer.join(timeout=30)
+    body = {"title": "t", "body": "b"}
+    query, answer = sent_while_blocked(app, client, author_id, "INSERT INTO posts", "POST", POSTS, body, headers)
     statements = [part.strip().split()[0] for part in query.split(";\n")]
     assert statements == ["BEGIN", "WITH", "SELECT", "COMMIT"], query
-    assert answers and answers[0].status_code == 201, answers and answers[0].get_json()
+    assert answer.status_code == 201, answer.get_json()
     with app.app_context():
         stored = db.session.execute(
             text(
@@ -100,24 +109,9 @@ def test_a_follow_and_a_profile_change_go_with_their_commit_too(app, committed, 
         ("PUT", f"/api/v1/users/{followed_id}/follow", None, "INSERT INTO follows"),
         ("PATCH", "/api/v1/users/me", {"bio": "changed"}, "UPDATE users SET"),
     ]:
-        answers = []
-        with app.app_context():
-            holder = db.engine.connect()
-        try:
-            holder.execute(text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": follower_id})
-            writer = threading.Thread(
-                target=lambda a=answers, m=method, u=url, b=body: a.append(
-                    client.open(u, method=m, json=b, headers=headers)
-                )
-            )
-            writer.start()
-            query = waiting_query(app, fragment)
-        finally:
-            holder.rollback()
-            holder.close()
-        writer.join(timeout=30)
+        query, answer = sent_while_blocked(app, client, follower_id, fragment, method, url, body, headers)
         assert query.startswith("BEGIN;") and query.rstrip().endswith("COMMIT"), query
-        assert answers and answers[0].status_code in (200, 204), answers and answers[0].get_json()
+        assert answer.status_code in (200, 204), answer.get_json()
     with app.app_context():
         row = db.session.execute(
             text("SELECT following_count, bio FROM users WHERE id = :id"), {"id": follower_id}
