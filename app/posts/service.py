@@ -282,7 +282,13 @@ def _notified_here(follower_count: int) -> bool:
     return follower_count < current_app.config["FEED_FANOUT_WORKER_THRESHOLD"]
 
 
-# the author's follower count, and their followers while under the threshold: one round trip
+# the author's follower count, and their followers while under the threshold: one round
+# trip. A new post reads it in its own transaction, after the statement that updated the
+# author's row (the post counter), so it misses no one who follows meanwhile: a follow
+# updates the same row (the follower counter), so it either committed before that lock
+# was had (and this later statement sees it) or waits for this commit (and its own cache
+# drop comes after the change). A statement's snapshot is taken before it waits for a
+# lock: the insert's own statement would miss such a follow.
 _FOLLOWERS_TO_NOTIFY = text("""
 SELECT u.follower_count, coalesce(f.ids, '{}') FROM users u LEFT JOIN LATERAL (
     SELECT array_agg(follower_id) AS ids FROM follows
@@ -293,13 +299,7 @@ WHERE u.id = :author
 
 
 def followers_of(author_id: int) -> list[int]:
-    """The followers whose first feed page a change to `author_id`'s posts drops.
-
-    Read in the writing transaction after its statement that updated the author's row
-    (the post counter), it misses no one who follows meanwhile: a follow updates the
-    same row (the follower counter), so it either committed before that lock was had
-    (and this later statement sees it) or waits for this commit (and its own cache drop
-    comes after the change)."""
+    """Every follower of `author_id`: the first feed pages a worker's drop deletes."""
     return list(db.session.connection().execute(_FOLLOWERS, {"author": author_id}).scalars())
 
 
@@ -400,8 +400,8 @@ def create_post(author_id: int, title: str, body: str) -> dict | None:
     and the author's is not (nothing is written either way).
 
     One statement writes the post, counts it and returns what the 201 shows; the next
-    reads the followers to notify (see followers_of: a statement after the one that
-    locked the author's row); the two and the COMMIT go in one round trip."""
+    reads the followers to notify (_FOLLOWERS_TO_NOTIFY: why a statement of its own);
+    the two and the COMMIT go in one round trip."""
     must_verify = posting_needs_verified_email()
     params = {"author": author_id, "title": title, "body": body, "must_verify": must_verify}
     threshold = current_app.config["FEED_FANOUT_WORKER_THRESHOLD"]
