@@ -2,7 +2,7 @@
 /users?include=posts), a post with its author, and the first page of the lists read
 most (the newest posts, the users, each reader's feed).
 
-Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `user:v1:{id}:feed`,
+Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `user:v1:{id}:feed.v2`,
 `post:v1:{id}`, `list:v1:posts:newest`, `list:v1:users`) and live CACHE_TTL_SECONDS.
 Only what anyone may see is cached (never email, role, `/me` or admin views; a feed
 page holds ids of public posts). Writers delete the key right after their transaction
@@ -14,8 +14,10 @@ at once if no write came since (put_unless_written): the readers that follow a w
 a list hit the cache again rather than each running the list's query for the
 tombstone's lifetime. The lists hold ids only (each item comes from its own key): a post
 created, deleted or imported drops the newest posts and the feed page of each of the
-author's followers (posts_changed), a follow or unfollow drops the reader's, a user
-registered drops the users, and an account (de)activated drops all of them.
+author's followers (posts_changed), or, for an author with FEED_PULL_THRESHOLD followers
+or more, moves the author's mark, which every cached feed page of a follower holds
+(feed_entry); a follow or unfollow drops the reader's page, a user registered drops the
+users, and an account (de)activated drops all of them.
 
 Every Redis call is guarded: with Redis down, reads go to PostgreSQL and writes succeed.
 Hits and misses are counted by each process and added to shared counters in Redis
@@ -167,9 +169,11 @@ def post_key(post_id: int) -> str:
 
 
 def feed_key(user_id: int) -> str:
-    """The first page of a user's feed (ids); dropped for every follower of an author
-    whose posts change, and for the reader on a follow or unfollow."""
-    return f"user:v1:{user_id}:feed"
+    """The first page of a user's feed (ids, after the marks of the pulled authors the
+    user follows: feed_entry); dropped for every follower of an author under
+    FEED_PULL_THRESHOLD whose posts change, and for the reader on a follow or unfollow.
+    (v2: the entry begins with the marks.)"""
+    return f"user:v1:{user_id}:feed.v2"
 
 
 def newest_posts_key() -> str:
@@ -182,43 +186,103 @@ def users_key() -> str:
     return "list:v1:users"
 
 
-def feed_drop_pending_key(author_id: int) -> str:
-    """Set while a worker's drop of an author's followers' feed pages waits in the queue:
-    changes meanwhile need no drop of their own (posts.service._drop_follower_feeds_later)."""
-    return f"pending:feed-drop:{author_id}"
+PULLED_AUTHORS = "feed:pulled-authors"
 
 
-def feed_drop_recent_key(author_id: int) -> str:
-    """Set for a while when a worker begins dropping an author's followers' feed pages:
-    the next drop of that author waits until it is gone."""
-    return f"recent:feed-drop:{author_id}"
+def feed_mark_key(author_id: int) -> str:
+    """The mark of an author whose followers pull their posts (FEED_PULL_THRESHOLD
+    followers or more): a new value after each change to the author's posts. A cached
+    feed page holds the marks of the pulled authors its reader follows, as they were
+    before its query, and is stale once one has moved."""
+    return f"user:v1:{author_id}:feed-mark"
 
 
-# the pending mark, unless set; then how many milliseconds the recent mark has left
-_MARK_PENDING_AFTER = """
-if not redis.call('set', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then return -1 end
-return math.max(redis.call('pttl', KEYS[2]), 0)
+# a pulled author's posts changed (KEYS: the pulled set, the author's mark, the keys to
+# drop, then their tombstones in the same order; ARGV: the tombstones' seconds, a value
+# new to this call, the mark's seconds, the author's id): drop the keys, move the mark,
+# and return 1 when the author has just joined the pulled set
+_PULLED_AUTHOR_CHANGED = """
+local n = (#KEYS - 2) / 2
+for i = 1, n do
+  redis.call('DEL', KEYS[2 + i])
+  redis.call('SET', KEYS[2 + n + i], ARGV[2], 'EX', ARGV[1])
+end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return redis.call('SADD', KEYS[1], ARGV[4])
 """
 
 
-def mark_pending_after(key: str, seconds: int, recent_key: str) -> float | None:
-    """Set `key` for `seconds` unless it is set: None when it was, else the seconds until
-    `recent_key` is gone (0 when it is not set, or when Redis cannot say: then the caller
-    acts as if it had set the mark)."""
+def pulled_author_changed(author_id: int, keys) -> bool | None:
+    """After a commit that changed the posts of an author whose followers pull them:
+    drop `keys` (as invalidate) and move the author's mark, which makes every cached
+    feed page holding it stale, in one call. True when the author was not in the pulled
+    set yet: pages cached before then hold no mark of theirs, and only a drop of each
+    follower's page reaches them. None when Redis refused (the keys' drop is queued)."""
+    keys = list(keys)
+    names = [PULLED_AUTHORS, feed_mark_key(author_id), *keys, *(tombstone_key(key) for key in keys)]
+    # a page lives CACHE_TTL_SECONDS from its fill, which comes after its mark was read;
+    # the mark outlives it, so a page cannot outlast a mark it saw as missing
+    mark_seconds = 2 * current_app.config["CACHE_TTL_SECONDS"]
     try:
-        waited = _script(_MARK_PENDING_AFTER)(keys=[key, recent_key], args=[seconds])
+        args = [TOMBSTONE_SECONDS, _new_tombstone(), mark_seconds, author_id]
+        return bool(_script(_PULLED_AUTHOR_CHANGED)(keys=names, args=args))
     except RedisError as exc:
-        log.warning("pending mark not set (%s)", exc)
-        return 0.0
-    return None if waited < 0 else waited / 1000
+        log.warning("pulled author's mark not moved (%s)", exc)
+        invalidate(*keys)
+        return None
 
 
-def begin_pending(key: str, recent_key: str, seconds: float) -> None:
-    """The pending work begins: its mark goes, and `recent_key` is set for `seconds`."""
-    pipe = _client().pipeline(transaction=False)
-    pipe.delete(key)
-    pipe.set(recent_key, 1, px=max(1, int(seconds * 1000)))
-    pipe.execute()
+NO_MARK = b"-"
+
+
+def note_feed_fill(key: str) -> tuple[bytes, dict[int, bytes]] | None:
+    """What a feed page's reader notes before its query: the page's tombstone (for
+    put_unless_written) and the mark of every pulled author; None when Redis cannot
+    say (then the page is not cached)."""
+    try:
+        pipe = _client().pipeline(transaction=False)
+        tombstone, pulled = pipe.get(tombstone_key(key)).smembers(PULLED_AUTHORS).execute()
+        authors = sorted(int(author) for author in pulled)
+        marks = _read_marks(authors)
+    except RedisError as exc:
+        log.warning("cache read skipped (%s)", exc)
+        return None
+    return tombstone or b"", dict(zip(authors, marks, strict=True))
+
+
+def marks_hold(marks: dict[int, bytes]) -> bool:
+    """Whether each of these authors' marks is still as noted (False when Redis cannot say)."""
+    if not marks:
+        return True
+    try:
+        return _read_marks(list(marks)) == list(marks.values())
+    except RedisError as exc:
+        log.warning("cache read skipped (%s)", exc)
+        return False
+
+
+def feed_entry(marks: dict[int, bytes], page: bytes) -> bytes:
+    """A feed page's cache entry: the marks on its first line (`author:mark ...`), then the page."""
+    return b" ".join(b"%d:%s" % (author, mark) for author, mark in marks.items()) + b"\n" + page
+
+
+def from_feed_entry(entry: bytes) -> tuple[dict[int, bytes], bytes]:
+    line, _, page = entry.partition(b"\n")
+    marks = {}
+    for pair in line.split():
+        author, _, mark = pair.partition(b":")
+        marks[int(author)] = mark
+    return marks, page
+
+
+def _read_marks(authors: list[int]) -> list[bytes]:
+    """The authors' marks (NO_MARK where none), from this process's copies where held."""
+    if not authors:
+        return []
+    keys = [feed_mark_key(author) for author in authors]
+    local = _local()
+    values = local.mget(keys, keep_missing=True) if local else _client().mget(keys)
+    return [value or NO_MARK for value in values]
 
 
 def _client():

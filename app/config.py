@@ -184,11 +184,9 @@ def load(overrides: dict | None = None) -> dict:
         # the profile/post cache: may be its own Redis (an LRU one) in production
         "CACHE_REDIS_URL": os.environ.get("CACHE_REDIS_URL", redis_url),
         "CACHE_TTL_SECONDS": _int("CACHE_TTL_SECONDS", 300),
-        # an author with this many followers or more has their first feed pages dropped
-        # by a worker after the response, not by the request that changed their posts
-        "FEED_FANOUT_WORKER_THRESHOLD": _int("FEED_FANOUT_WORKER_THRESHOLD", 10_000),
-        # and those drops of one author begin at least this many seconds apart
-        "FEED_DROP_SPACING_SECONDS": _float("FEED_DROP_SPACING_SECONDS", 1.0),
+        # an author with this many followers or more has their posts pulled into their
+        # followers' cached feed pages (a mark checked on each read), not each page dropped
+        "FEED_PULL_THRESHOLD": _int("FEED_PULL_THRESHOLD", 10_000),
         # a reader following this many accounts or more has feed pages found by walking
         # everyone's newest posts, at most FEED_WALK_SCAN of them a page (posts/service.py)
         "FEED_WALK_MIN_FOLLOWING": _int("FEED_WALK_MIN_FOLLOWING", 1_000),

@@ -135,17 +135,24 @@ class KeysetQuery:
         return _page_of(rows, (), limit)
 
     def _cached_first_page(self, key: str, limit: int, params: dict) -> Page:
-        """The first page of a list read most (the newest posts, the users, a reader's
-        feed), answered from the cache with no query. The entry holds the first
-        PAGE_MAX + 1 items, each with the cursor after it, so one entry serves every
-        `limit`. The writers that change such a list drop its key (app/cache.py says when)."""
+        """The first page of a list read most (the newest posts, the users), answered
+        from the cache with no query. The writers that change such a list drop its key
+        (app/cache.py says when)."""
         entry = cache.get(key)
         if entry is None:
             tombstone = cache.tombstone_now(key)  # before the query: its result is then fresh
-            rows = db.session.connection().execute(self._first, {**params, "page_limit": PAGE_MAX + 1}).all()
-            first = [[row[0], encode_cursor(row[1:])] for row in rows]
-            cache.put_unless_written(key, json.dumps(first, separators=(",", ":")).encode(), tombstone)
-        else:
-            first = json.loads(entry)
+            entry = self.first_entry(params)
+            cache.put_unless_written(key, entry, tombstone)
+        return self.page_from_entry(entry, limit)
+
+    def first_entry(self, params: dict) -> bytes:
+        """The first page as a cache entry: the first PAGE_MAX + 1 items, each with the
+        cursor after it, so one entry serves every `limit`."""
+        rows = db.session.connection().execute(self._first, {**params, "page_limit": PAGE_MAX + 1}).all()
+        return json.dumps([[row[0], encode_cursor(row[1:])] for row in rows], separators=(",", ":")).encode()
+
+    @staticmethod
+    def page_from_entry(entry: bytes, limit: int) -> Page:
+        first = json.loads(entry)
         next_cursor = first[limit - 1][1] if len(first) > limit else None
         return Page([item for item, _ in first[:limit]], next_cursor)

@@ -251,35 +251,63 @@ def posts_of(user_id: int, *, limit: int, cursor: str | None) -> bytes:
 def feed(user_id: int, *, limit: int, cursor: str | None) -> bytes:
     """Posts by the active users `user_id` (an active account, checked by the caller)
     follows, newest first; the first page from the cache."""
-    cached_as = cache.feed_key(user_id) if cursor is None else None
     config = current_app.config
-    page = _feed_query().page(
-        limit=limit,
-        cursor=cursor,
-        cached_as=cached_as,
-        reader=user_id,
-        walk_min=config["FEED_WALK_MIN_FOLLOWING"],
-        walk_scan=config["FEED_WALK_SCAN"],
-    )
-    return _page_json(page)
+    params = {"reader": user_id, "walk_min": config["FEED_WALK_MIN_FOLLOWING"], "walk_scan": config["FEED_WALK_SCAN"]}
+    query = _feed_query()
+    if cursor is not None:
+        return _page_json(query.page(limit=limit, cursor=cursor, **params))
+    return _page_json(query.page_from_entry(_first_feed_page(user_id, params), limit))
+
+
+def _first_feed_page(reader: int, params: dict) -> bytes:
+    """The cache entry of `reader`'s first feed page, as cached unless stale. Writers
+    under FEED_PULL_THRESHOLD followers drop their followers' pages; a pulled author's
+    change moves its mark instead, so the page also holds the marks of the pulled
+    authors the reader follows (noted before the query) and is stale once one moved."""
+    key = cache.feed_key(reader)
+    entry = cache.get(key)
+    if entry is not None:
+        marks, page = cache.from_feed_entry(entry)
+        if cache.marks_hold(marks):
+            return page
+    noted = cache.note_feed_fill(key)
+    page = _feed_query().first_entry(params)
+    if noted is not None:
+        tombstone, pulled = noted
+        followed = _followed_among(reader, list(pulled)) if pulled else ()
+        cache.put_unless_written(key, cache.feed_entry({a: pulled[a] for a in followed}, page), tombstone)
+    return page
+
+
+_FOLLOWED_AMONG = select(Follow.followed_id).where(
+    Follow.follower_id == bindparam("reader"), Follow.followed_id == any_(bindparam("authors", type_=ARRAY(BigInteger)))
+)
+
+
+def _followed_among(reader: int, authors: list[int]) -> list[int]:
+    """Those of `authors` that `reader` follows (primary-key lookups, one per author)."""
+    rows = db.session.connection().execute(_FOLLOWED_AMONG, {"reader": reader, "authors": authors}).scalars()
+    return sorted(rows)
 
 
 def posts_changed(author_id: int, *keys: str) -> None:
     """After a commit that changed `author_id`'s posts (or whether they are shown): drop
     `keys`, the newest posts, the author's newest-posts entry and the first feed page of
-    each follower (_posts_changed). Followers are read after the commit, so one who
-    followed meanwhile either is in this list or read the feed after the change."""
-    threshold = current_app.config["FEED_FANOUT_WORKER_THRESHOLD"]
+    each follower, or move the author's mark when the followers pull (_posts_changed).
+    Followers are read after the commit, so one who followed meanwhile either is in this
+    list or read the feed after the change."""
+    threshold = current_app.config["FEED_PULL_THRESHOLD"]
     row = db.session.connection().execute(_FOLLOWERS_TO_NOTIFY, {"author": author_id, "threshold": threshold}).first()
     follower_count, followers = row if row is not None else (0, [])
-    _posts_changed(author_id, followers if _notified_here(follower_count) else None, *keys)
+    _posts_changed(author_id, None if _pulled(follower_count) else followers, *keys)
 
 
-def _notified_here(follower_count: int) -> bool:
-    """Whether the request drops the followers' feed pages itself. An account with
-    FEED_FANOUT_WORKER_THRESHOLD followers or more leaves that to a worker: reading tens
-    of thousands of ids and deleting as many keys would hold its writer for a long time."""
-    return follower_count < current_app.config["FEED_FANOUT_WORKER_THRESHOLD"]
+def _pulled(follower_count: int) -> bool:
+    """Whether an author's followers pull the author's posts into their cached feed
+    pages (the author's mark) rather than have each page dropped: with tens of thousands
+    of followers, reading their ids and deleting as many keys would make every post of
+    the author slow, and their drops would load Redis and a worker."""
+    return follower_count >= current_app.config["FEED_PULL_THRESHOLD"]
 
 
 # the author's follower count, and their followers while under the threshold: one round
@@ -308,46 +336,30 @@ _FOLLOWERS = select(Follow.follower_id).where(Follow.followed_id == bindparam("a
 
 def _posts_changed(author_id: int, followers: list[int] | None, *keys: str) -> None:
     """Drop `keys`, the author's and the newest posts' entries, and the first feed page of
-    each of `followers`; None: of every follower, by a worker (drop_follower_feeds), or
-    here when the broker cannot take the task."""
-    cache.invalidate(
-        *keys,
-        cache.recent_posts_key(author_id),
-        cache.newest_posts_key(),
-        *(cache.feed_key(follower) for follower in followers or ()),
-    )
-    if followers is None:
+    each of `followers`; None: the author is pulled, so move its mark instead. An author
+    who has just become pulled has pages cached without its mark: a worker drops every
+    follower's page once (drop_follower_feeds), and so it does when Redis refused the mark."""
+    keys = (*keys, cache.recent_posts_key(author_id), cache.newest_posts_key())
+    if followers is not None:
+        cache.invalidate(*keys, *(cache.feed_key(follower) for follower in followers))
+    elif cache.pulled_author_changed(author_id, keys) is not False:
         _drop_follower_feeds_later(author_id)
 
 
 FEED_DROP_BATCH = 1000
-# a queued drop lost with its worker blocks no later one for longer than this
-FEED_DROP_PENDING_SECONDS = 60
 
 
 def _drop_follower_feeds_later(author_id: int) -> None:
-    """Queue drop_follower_feeds, unless one is queued and not yet started: it reads the
-    followers and drops their pages after this commit, so it covers this change too.
-
-    It waits until FEED_DROP_SPACING_SECONDS after the author's last drop began: an
-    account posting many times a second then has about one drop a second (each reads
-    every follower and deletes as many keys), not one after the other for as long as it
-    posts, which would keep a worker's CPU busy. When the broker cannot take the task,
-    the drop happens here."""
-    pending = cache.feed_drop_pending_key(author_id)
-    wait = cache.mark_pending_after(pending, FEED_DROP_PENDING_SECONDS, cache.feed_drop_recent_key(author_id))
-    if wait is not None and not queue.send(queue.DROP_FOLLOWER_FEEDS, [author_id], countdown=wait or None):
+    """Queue drop_follower_feeds; when the broker cannot take it, drop them here."""
+    if not queue.send(queue.DROP_FOLLOWER_FEEDS, [author_id]):
         with contextlib.suppress(RedisError):  # Redis down too: the cache TTL is the bound
             drop_follower_feeds(author_id)
 
 
 def drop_follower_feeds(author_id: int) -> int:
-    """Drop the first feed page of every follower of `author_id` (the worker's half of a
-    fan-out), in batches; how many followers. The pending mark goes first: a change
-    committed after it queues a drop of its own; one committed before it is covered here,
-    as the followers are read and their pages dropped after it."""
-    spacing = current_app.config["FEED_DROP_SPACING_SECONDS"]
-    cache.begin_pending(cache.feed_drop_pending_key(author_id), cache.feed_drop_recent_key(author_id), spacing)
+    """Drop the first feed page of every follower of `author_id` (the worker's half of an
+    author's becoming pulled), in batches; how many followers. The followers are read
+    after the change committed, so whoever followed before it is among them."""
     followers = followers_of(author_id)
     db.session.rollback()  # a read: no transaction held while Redis works
     for start in range(0, len(followers), FEED_DROP_BATCH):
@@ -404,7 +416,7 @@ def create_post(author_id: int, title: str, body: str) -> dict | None:
     the two and the COMMIT go in one round trip."""
     must_verify = posting_needs_verified_email()
     params = {"author": author_id, "title": title, "body": body, "must_verify": must_verify}
-    threshold = current_app.config["FEED_FANOUT_WORKER_THRESHOLD"]
+    threshold = current_app.config["FEED_PULL_THRESHOLD"]
     row, notify = commit_in_one_trip(
         (_CREATE, params), (_FOLLOWERS_TO_NOTIFY, {"author": author_id, "threshold": threshold})
     )
@@ -413,7 +425,7 @@ def create_post(author_id: int, title: str, body: str) -> dict | None:
             raise Forbidden(UNVERIFIED_EMAIL)
         return None
     follower_count, followers = notify
-    _posts_changed(author_id, followers if _notified_here(follower_count) else None, cache.profile_key(author_id))
+    _posts_changed(author_id, None if _pulled(follower_count) else followers, cache.profile_key(author_id))
     return _post_dict(row)
 
 

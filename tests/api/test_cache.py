@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from datetime import datetime
 
 import pytest
 
@@ -223,10 +222,12 @@ def test_the_cached_lists_follow_every_write_at_once(client, login, redis_client
     assert first_users(100)[-1] == registered
 
 
-def test_the_cached_first_feed_page_follows_every_write_at_once(client, login, redis_client):
+@pytest.mark.parametrize("pulled", [False, True], ids=["followers-dropped", "pulled-author"])
+def test_the_cached_first_feed_page_follows_every_write_at_once(app, client, login, redis_client, monkeypatch, pulled):
     """A reader's first feed page comes from the cache: a follow or unfollow drops it, and
     so does each change to a followed author's posts (created, deleted, imported; the
-    author deactivated or reactivated). Pages of 2, so a stale entry shows."""
+    author deactivated or reactivated), or, for an author over FEED_PULL_THRESHOLD
+    followers, it is stale by the author's mark. Pages of 2, so a stale entry shows."""
     from app.jobs import service as jobs
     from tests.support.factories import FollowFactory
 
@@ -245,6 +246,9 @@ def test_the_cached_first_feed_page_follows_every_write_at_once(client, login, r
         return [item["id"] for item in client.get(f"{FEED}?limit=2", headers=reader_headers).get_json()["items"]]
 
     cache.clear()  # the factories wrote past the services
+    if pulled:  # a pulled author already: no worker's drop to wait for
+        monkeypatch.setitem(app.config, "FEED_PULL_THRESHOLD", 1)
+        assert cache.pulled_author_changed(author.id, []) is True
     assert feed() == [older[1].id, older[0].id]
     client.put(f"{USERS}/{author.id}/follow", headers=reader_headers)
     assert feed() == [first.id, older[1].id]
@@ -508,40 +512,3 @@ def test_cli_cache_clear_leaves_every_other_key_alone(app, client, redis_client)
     left = {key.decode() for key in redis_client.keys("*")}
     assert left == others
     assert {key: redis_client.dump(key) for key in left} == before
-
-
-def test_one_authors_worker_drops_begin_at_least_the_spacing_apart(app, client, login, redis_client, monkeypatch):
-    """Over the threshold, the first post queues its followers' drop at once; a post after
-    a drop began queues the next one to start FEED_DROP_SPACING_SECONDS after it; a post
-    while one is queued queues nothing (the queued drop covers it)."""
-    from app import queue
-    from app.posts import service as posts
-    from tests.support.factories import FollowFactory
-
-    monkeypatch.setitem(app.config, "FEED_FANOUT_WORKER_THRESHOLD", 1)
-    monkeypatch.setitem(app.config, "FEED_DROP_SPACING_SECONDS", 30)
-    star = UserFactory()
-    FollowFactory(follower_id=UserFactory().id, followed_id=star.id)
-    headers = login(star)
-
-    def new_drops() -> list[dict]:
-        """The headers of the drops queued since the last call."""
-        found = [json.loads(message)["headers"] for message in redis_client.lrange(queue.SHORT, 0, -1)]
-        redis_client.delete(queue.SHORT)
-        return [message for message in found if message["task"] == queue.DROP_FOLLOWER_FEEDS]
-
-    def post() -> float:
-        assert client.post(POSTS, json={"title": "t", "body": "b"}, headers=headers).status_code == 201
-        return time.time()
-
-    post()
-    (first,) = new_drops()
-    assert first["eta"] is None
-    post()
-    assert new_drops() == []  # the first is still queued
-    posts.drop_follower_feeds(star.id)  # a worker takes it
-    sent = post()
-    (second,) = new_drops()
-    assert second["eta"] is not None
-    wait = datetime.fromisoformat(second["eta"]).timestamp() - sent
-    assert 25 < wait <= 30, wait
