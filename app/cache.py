@@ -197,17 +197,19 @@ def feed_mark_key(author_id: int) -> str:
     return f"user:v1:{author_id}:feed-mark"
 
 
-# a pulled author's posts changed (KEYS: the pulled set, the author's mark, the keys to
-# drop, then their tombstones in the same order; ARGV: the tombstones' seconds, a value
-# new to this call, the mark's seconds, the author's id): drop the keys, move the mark,
-# and return 1 when the author has just joined the pulled set
+# a pulled author's posts changed (KEYS: the pulled set, the author's mark, its tombstone,
+# the keys to drop, then their tombstones in the same order; ARGV: the tombstones'
+# seconds, a value new to this call, the mark's seconds, the author's id): drop the keys,
+# move the mark (leaving its tombstone, for fills from a replica), and return 1 when the
+# author has just joined the pulled set
 _PULLED_AUTHOR_CHANGED = """
-local n = (#KEYS - 2) / 2
+local n = (#KEYS - 3) / 2
 for i = 1, n do
-  redis.call('DEL', KEYS[2 + i])
-  redis.call('SET', KEYS[2 + n + i], ARGV[2], 'EX', ARGV[1])
+  redis.call('DEL', KEYS[3 + i])
+  redis.call('SET', KEYS[3 + n + i], ARGV[2], 'EX', ARGV[1])
 end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[1])
 return redis.call('SADD', KEYS[1], ARGV[4])
 """
 
@@ -219,7 +221,8 @@ def pulled_author_changed(author_id: int, keys) -> bool | None:
     set yet: pages cached before then hold no mark of theirs, and only a drop of each
     follower's page reaches them. None when Redis refused (the keys' drop is queued)."""
     keys = list(keys)
-    names = [PULLED_AUTHORS, feed_mark_key(author_id), *keys, *(tombstone_key(key) for key in keys)]
+    mark = feed_mark_key(author_id)
+    names = [PULLED_AUTHORS, mark, tombstone_key(mark), *keys, *(tombstone_key(key) for key in keys)]
     # a page lives CACHE_TTL_SECONDS from its fill, which comes after its mark was read;
     # the mark outlives it, so a page cannot outlast a mark it saw as missing
     mark_seconds = 2 * current_app.config["CACHE_TTL_SECONDS"]
@@ -230,6 +233,28 @@ def pulled_author_changed(author_id: int, keys) -> bool | None:
         log.warning("pulled author's mark not moved (%s)", exc)
         invalidate(*keys)
         return None
+
+
+# SET KEYS[1] (ARGV: ttl, value) unless any of the other keys (tombstones) exists
+_PUT_UNLESS_ANY = """
+if redis.call('EXISTS', unpack(KEYS, 2)) > 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+return 1
+"""
+
+
+def put_feed_page(key: str, entry: bytes, tombstone_before: bytes, pulled: list[int]) -> None:
+    """put_unless_written() for a feed page whose reader follows the `pulled` authors.
+    With read replicas, also refused while one of their marks moved moments ago: the
+    mark noted may be newer than what the replica has replayed."""
+    if not pulled or not current_app.extensions.get(READ_ENGINE_CHOOSER):
+        put_unless_written(key, entry, tombstone_before)
+        return
+    tombstones = [tombstone_key(key), *(tombstone_key(feed_mark_key(author)) for author in pulled)]
+    try:
+        _script(_PUT_UNLESS_ANY)(keys=[key, *tombstones], args=[current_app.config["CACHE_TTL_SECONDS"], entry])
+    except RedisError as exc:
+        log.warning("cache write skipped (%s)", exc)
 
 
 NO_MARK = b"-"

@@ -275,7 +275,7 @@ def _first_feed_page(reader: int, params: dict) -> bytes:
     if noted is not None:
         tombstone, pulled = noted
         followed = _followed_among(reader, list(pulled)) if pulled else ()
-        cache.put_unless_written(key, cache.feed_entry({a: pulled[a] for a in followed}, page), tombstone)
+        cache.put_feed_page(key, cache.feed_entry({a: pulled[a] for a in followed}, page), tombstone, followed)
     return page
 
 

@@ -138,3 +138,25 @@ def test_when_redis_refuses_the_mark_every_followers_page_is_dropped_by_a_worker
     monkeypatch.setattr(cache, "_script", refusing)
     _post(client, login(star))
     assert _queued_drops(redis_client) == [f"[{star.id}]"]
+
+
+def test_with_read_replicas_no_feed_page_is_cached_while_a_followed_pulled_mark_is_new(
+    app, client, login, redis_client, pulled_over_one, monkeypatch
+):
+    """A replica may not have replayed the change that moved a mark the reader noted:
+    with replicas set, a page holding a mark moved in the last seconds is not cached
+    (as a first page is not while its own tombstone stands); a reader who follows no
+    pulled author is cached as before."""
+    from app.db import READ_ENGINE_CHOOSER
+
+    star, fan, bystander = UserFactory(), UserFactory(), UserFactory()
+    FollowFactory(follower_id=fan.id, followed_id=star.id)
+    posts._posts_changed(star.id, None)  # pulled, its mark just moved
+    monkeypatch.setitem(app.extensions, READ_ENGINE_CHOOSER, lambda primary: primary)
+    feed_ids = _reader(client, login)
+    assert feed_ids(fan) == [] and feed_ids(bystander) == []
+    assert not redis_client.exists(cache.feed_key(fan.id))
+    assert redis_client.exists(cache.feed_key(bystander.id))
+    redis_client.delete(cache.tombstone_key(cache.feed_mark_key(star.id)))  # seconds later
+    assert feed_ids(fan) == []
+    assert redis_client.exists(cache.feed_key(fan.id))
