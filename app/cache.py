@@ -334,15 +334,33 @@ def get_many(keys: list[str]) -> list[bytes | None]:
     the rest from Redis in one round trip."""
     if not keys:
         return []
-    local = _local()
-    try:
-        values = local.mget(keys) if local else _client().mget(keys)
-    except RedisError as exc:
-        log.warning("cache read skipped (%s)", exc)
-        return [None] * len(keys)
+    values = _read_many(keys)
     hits = len(keys) - values.count(None)
     _tally().add(hits, len(keys) - hits)
     return values
+
+
+def _read_many(keys: list[str]) -> list[bytes | None]:
+    """get_many() without counting: None for each key when Redis cannot answer."""
+    local = _local()
+    try:
+        return local.mget(keys) if local else _client().mget(keys)
+    except RedisError as exc:
+        log.warning("cache read skipped (%s)", exc)
+        return [None] * len(keys)
+
+
+def feed_page(key: str) -> bytes | None:
+    """The page cached under a feed key (feed_entry) while every mark it holds is as it
+    was noted; a page holding a moved mark is stale, and counts as a miss."""
+    (entry,) = _read_many([key])
+    page = None
+    if entry is not None:
+        marks, page = from_feed_entry(entry)
+        if not marks_hold(marks):
+            page = None
+    _tally().add(int(page is not None), int(page is None))
+    return page
 
 
 def put_many(entries: list[tuple[str, bytes]]) -> None:

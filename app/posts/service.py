@@ -265,11 +265,9 @@ def _first_feed_page(reader: int, params: dict) -> bytes:
     change moves its mark instead, so the page also holds the marks of the pulled
     authors the reader follows (noted before the query) and is stale once one moved."""
     key = cache.feed_key(reader)
-    entry = cache.get(key)
-    if entry is not None:
-        marks, page = cache.from_feed_entry(entry)
-        if cache.marks_hold(marks):
-            return page
+    page = cache.feed_page(key)
+    if page is not None:
+        return page
     noted = cache.note_feed_fill(key)
     page = _feed_query().first_entry(params)
     if noted is not None:

@@ -71,6 +71,10 @@ def test_a_pulled_authors_post_moves_its_mark_and_drops_no_follower_page(client,
     second = _post(client, star_headers)
     assert _queued_drops(redis_client) == []
     assert redis_client.exists(cache.feed_key(fan.id))
+    before = cache.stats()
+    assert cache.feed_page(cache.feed_key(fan.id)) is None  # stale: a miss, counted as one
+    after = cache.stats()
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (0, 1)
     assert feed_ids(fan) == [second, first, older.id]
     assert cache.from_feed_entry(redis_client.get(cache.feed_key(fan.id)))[0][star.id] != marks[star.id]
 
