@@ -1,4 +1,4 @@
-"""The generator of `make bench-scale`'s data set, at a tiny scale: its skew and counters."""
+"""The generator of `make bench-scale`'s data set, at a tiny scale (its skew and counters), and its verdicts."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from bench.scale import (
     RARE_WORD,
     generate,
     sizes,
+    verdict,
     word_counts,
 )
 
@@ -99,3 +100,23 @@ def test_a_held_miss_is_a_miss_on_every_read_until_released(app, client):
     hold_misses(url, cache.post_key(""), post.id, release=True)
     assert client.get(f"/api/v1/posts/{post.id}").status_code == 200
     assert redis_client.get(cache.post_key(post.id)) is not None
+
+
+def test_the_verdicts_ask_the_ratio_and_the_p95_of_each_goal():
+    """A read and a search keep 67 % of the small set's rate and their p95 bar; a
+    celebrity's post keeps 75 % of a small account's rate and at most 125 % of its p95."""
+    small = {"rps": 1000, "p95": 10_000, "status_errors": 0}
+
+    def run(rps: float, p95_ms: float) -> dict:
+        return {"rps": rps, "p95": p95_ms * 1000, "status_errors": 0}
+
+    assert verdict("GET /posts (page 50)", small, run(670, 49), {}) == "yes"
+    assert verdict("GET /posts (page 50)", small, run(660, 49), {}).startswith("NO")
+    assert verdict("GET /posts (page 50)", small, run(900, 51), {}).startswith("NO")
+    assert verdict("search, common word (lantern)", small, run(670, 99), {}).startswith("yes")
+    assert verdict("search, common word (lantern)", small, run(630, 60), {}).startswith("NO")
+    assert verdict("search, common word (lantern)", small, run(900, 101), {}).startswith("NO")
+    anyone = {"POST /posts, small account": run(800, 80)}
+    assert verdict("POST /posts, celebrity", small, run(600, 100), anyone).startswith("yes")
+    assert verdict("POST /posts, celebrity", small, run(590, 80), anyone).startswith("NO")
+    assert verdict("POST /posts, celebrity", small, run(800, 101), anyone).startswith("NO")
