@@ -183,6 +183,45 @@ def test_a_replica_past_the_lag_limit_is_skipped(replicated, state, servers):
     assert not on_replica
 
 
+def test_a_pulled_authors_follower_caches_no_page_the_replica_has_not_caught_up_with(
+    replicated, state, servers, redis_client, monkeypatch
+):
+    """The author's post moves its mark at once; a follower who reads from a replica that
+    has not replayed the post notes the new mark and gets a page without it. That page
+    is not cached (the mark moved under TOMBSTONE_SECONDS ago), so once the replica has
+    caught up the follower sees the post."""
+    from app import cache
+
+    _, replica_server = servers
+    monkeypatch.setitem(replicated.config, "FEED_PULL_THRESHOLD", 1)
+    client = replicated.test_client()
+    author, author_headers = signed_up(client)
+    fan, fan_headers = signed_up(client)
+    assert client.put(f"/api/v1/users/{author}/follow", headers=fan_headers).status_code in (200, 204)
+    assert client.post("/api/v1/posts", json={"title": "first", "body": "b"}, headers=author_headers).status_code == 201
+    wait_until_replayed(replicated)
+    state.max_lag = 3600  # behind, but still read from
+    replica_server.pause_replay()
+    new = client.post("/api/v1/posts", json={"title": "second", "body": "b"}, headers=author_headers)
+    assert new.status_code == 201
+    time.sleep(0.2)  # past a health check: the replica is known to be behind
+    redis_client.delete(cache.tombstone_key(cache.feed_key(fan)))  # the follow's, as if seconds had passed
+
+    def titles() -> list[str]:
+        answer = client.get("/api/v1/feed", headers=fan_headers)
+        assert answer.status_code == 200, answer.get_json()
+        return [post["title"] for post in answer.get_json()["items"]]
+
+    _, replica = engines(replicated)
+    with statements_on(replica) as on_replica:
+        assert titles() == ["first"]  # the replica's, behind
+    assert on_replica
+    assert not redis_client.exists(cache.feed_key(fan))
+    replica_server.resume_replay()
+    wait_until_replayed(replicated)
+    assert titles() == ["second", "first"]
+
+
 def test_account_and_revocation_checks_never_read_the_replica(replicated, state):
     client = replicated.test_client()
     _, headers = signed_up(client)
