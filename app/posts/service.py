@@ -256,10 +256,10 @@ def feed(user_id: int, *, limit: int, cursor: str | None) -> bytes:
     query = _feed_query()
     if cursor is not None:
         return _page_json(query.page(limit=limit, cursor=cursor, **params))
-    return _page_json(query.page_from_entry(_first_feed_page(user_id, params), limit))
+    return _page_json(query.page_from_entry(_first_feed_page(user_id, query, params), limit))
 
 
-def _first_feed_page(reader: int, params: dict) -> bytes:
+def _first_feed_page(reader: int, query: KeysetQuery, params: dict) -> bytes:
     """The cache entry of `reader`'s first feed page, as cached unless stale. Writers
     under FEED_PULL_THRESHOLD followers drop their followers' pages; a pulled author's
     change moves its mark instead, so the page also holds the marks of the pulled
@@ -269,10 +269,10 @@ def _first_feed_page(reader: int, params: dict) -> bytes:
     if page is not None:
         return page
     noted = cache.note_feed_fill(key)
-    page = _feed_query().first_entry(params)
+    page = query.first_entry(params)
     if noted is not None:
         tombstone, pulled = noted
-        followed = _followed_among(reader, list(pulled)) if pulled else ()
+        followed = _followed_among(reader, list(pulled)) if pulled else []
         cache.put_feed_page(key, cache.feed_entry({a: pulled[a] for a in followed}, page), tombstone, followed)
     return page
 
