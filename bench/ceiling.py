@@ -1,6 +1,28 @@
-"""The ceiling: a bare Flask JSON endpoint, served by the same gunicorn settings."""
+"""The ceiling and the floors, served by the same gunicorn settings as the app.
 
-from flask import Flask
+The ceiling is a bare Flask JSON endpoint: the most any endpoint could do on this
+machine. A floor is a bare Flask endpoint that does only the I/O of one of the app's
+endpoints, through the drivers themselves (psycopg and redis-py, one connection per
+thread): no authentication, no validation, no ORM, no pool, no cache library. What the
+app's endpoint reaches is then measured against two bounds: the ceiling, and what the
+same work can reach in this stack at best.
+
+- `/floor/users/<id>`: a cache miss, as `GET /users/{id}` uncached: a Redis GET that
+  finds nothing, the user's row by primary key, its JSON, a Redis SET of it.
+- `/floor/posts` (POST): a post, as `POST /posts`: the app's own two statements (the
+  insert that counts the post, the followers to notify) with BEGIN and COMMIT in one
+  round trip, then one Redis round trip deleting the author's profile and the followers'
+  feed pages (under keys of the floor's own: the app's cache is not touched).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+
+from flask import Flask, Response, request
 
 app = Flask(__name__)
 
@@ -8,3 +30,100 @@ app = Flask(__name__)
 @app.get("/ping")
 def ping():
     return {"status": "ok"}
+
+
+_per_thread = threading.local()
+
+
+def _database():
+    import psycopg
+
+    conn = getattr(_per_thread, "database", None)
+    if conn is None or conn.closed:
+        url = os.environ["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://", 1)
+        conn = _per_thread.database = psycopg.connect(url, autocommit=True, cursor_factory=psycopg.ClientCursor)
+    return conn
+
+
+def _redis():
+    import redis
+
+    client = getattr(_per_thread, "redis", None)
+    if client is None:
+        client = _per_thread.redis = redis.Redis.from_url(os.environ["REDIS_URL"])
+    return client
+
+
+_PROFILE = (
+    "SELECT id, username, display_name, bio, created_at, post_count, follower_count, following_count"
+    " FROM users WHERE id = %s AND is_active"
+)
+_PROFILE_COLUMNS = (
+    "id",
+    "username",
+    "display_name",
+    "bio",
+    "created_at",
+    "post_count",
+    "follower_count",
+    "following_count",
+)
+
+
+@app.get("/floor/users/<int:user_id>")
+def profile_miss(user_id: int):
+    cache = _redis()
+    if (cached := cache.get(f"floor:never:{user_id}")) is not None:  # never set: each request a miss
+        return Response(cached, mimetype="application/json")
+    row = _database().execute(_PROFILE, (user_id,)).fetchone()
+    profile = dict(zip(_PROFILE_COLUMNS, row, strict=True))
+    profile["created_at"] = profile["created_at"].isoformat()
+    body = json.dumps(profile).encode()
+    cache.set(f"floor:user:{user_id}", body, ex=60)
+    return Response(body, mimetype="application/json")
+
+
+@functools.cache
+def _post_statements() -> str:
+    """The app's statements of a post, compiled for psycopg, with BEGIN and COMMIT."""
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    from app.posts.service import _CREATE, _FOLLOWERS_TO_NOTIFY
+
+    dialect = PGDialect_psycopg()
+    return ";".join(
+        ["BEGIN", *(str(stmt.compile(dialect=dialect)) for stmt in (_CREATE, _FOLLOWERS_TO_NOTIFY)), "COMMIT"]
+    )
+
+
+FLOOR_AUTHOR = 2  # user2, as the app's POST /posts scenario
+
+
+@app.post("/floor/posts")
+def post():
+    body = request.get_json()
+    cursor = _database().cursor()
+    params = {"author": FLOOR_AUTHOR, "must_verify": False, "threshold": 10_000, **body}
+    cursor.execute(_post_statements(), params)  # the results of BEGIN, the insert, the followers, COMMIT
+    cursor.nextset()
+    row = cursor.fetchone()
+    cursor.nextset()
+    _, followers = cursor.fetchone()
+    keys = [f"floor:user:{FLOOR_AUTHOR}", *(f"floor:feed:{follower}" for follower in followers)]
+    _redis().delete(*keys)
+    post_id, title, text, version, created_at, updated_at, author_id, username, display_name, _ = row
+    return Response(
+        json.dumps(
+            {
+                "id": post_id,
+                "title": title,
+                "body": text,
+                "version": version,
+                "created_at": created_at.isoformat(),
+                "updated_at": updated_at.isoformat(),
+                "author": {"id": author_id, "username": username, "display_name": display_name},
+            }
+        ),
+        status=201,
+        mimetype="application/json",
+    )
