@@ -54,20 +54,13 @@ def _redis():
     return client
 
 
-_PROFILE = (
-    "SELECT id, username, display_name, bio, created_at, post_count, follower_count, following_count"
-    " FROM users WHERE id = %s AND is_active"
-)
-_PROFILE_COLUMNS = (
-    "id",
-    "username",
-    "display_name",
-    "bio",
-    "created_at",
-    "post_count",
-    "follower_count",
-    "following_count",
-)
+@functools.cache
+def _profile_statement() -> tuple[str, tuple[str, ...]]:
+    """The public profile's columns (the app's schema's fields) of an active user, by id."""
+    from app.users.schemas import PublicUserSchema
+
+    columns = tuple(PublicUserSchema().fields)
+    return f"SELECT {', '.join(columns)} FROM users WHERE id = %s AND is_active", columns
 
 
 @app.get("/floor/users/<int:user_id>")
@@ -75,8 +68,8 @@ def profile_miss(user_id: int):
     cache = _redis()
     if (cached := cache.get(f"floor:never:{user_id}")) is not None:  # never set: each request a miss
         return Response(cached, mimetype="application/json")
-    row = _database().execute(_PROFILE, (user_id,)).fetchone()
-    profile = dict(zip(_PROFILE_COLUMNS, row, strict=True))
+    statement, columns = _profile_statement()
+    profile = dict(zip(columns, _database().execute(statement, (user_id,)).fetchone(), strict=True))
     profile["created_at"] = profile["created_at"].isoformat()
     body = json.dumps(profile).encode()
     cache.set(f"floor:user:{user_id}", body, ex=60)
