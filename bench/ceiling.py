@@ -96,6 +96,7 @@ FLOOR_AUTHOR = 2  # user2, as the app's POST /posts scenario
 def post():
     body = request.get_json()
     cursor = _database().cursor()
+    # FEED_PULL_THRESHOLD as by default; no email verification asked, as in make bench
     params = {"author": FLOOR_AUTHOR, "must_verify": False, "threshold": 10_000, **body}
     cursor.execute(_post_statements(), params)  # the results of BEGIN, the insert, the followers, COMMIT
     cursor.nextset()
