@@ -354,6 +354,21 @@ def test_a_copy_goes_when_its_key_expires_in_redis(app, redis_client, local_copi
         time.sleep(0.05)
 
 
+def test_a_copy_is_served_at_most_its_local_ttl(app, redis_client, monkeypatch, local_copies_on):
+    """CACHE_LOCAL_TTL_SECONDS bounds a copy's life should the reports stop without a sign."""
+    monkeypatch.setitem(app.config, "CACHE_LOCAL_TTL_SECONDS", 1)
+    monkeypatch.delitem(app.extensions, "cache_local", raising=False)  # made again with the new TTL
+    key = cache.post_key(4)
+    redis_client.set(key, b"kept")
+    cache.get(key)
+    reads = redis_reads(redis_client)
+    assert cache.get_many([key, key]) == [b"kept", b"kept"]
+    assert redis_reads(redis_client) == reads  # copies
+    time.sleep(1.1)
+    assert cache.get(key) == b"kept"
+    assert redis_reads(redis_client) == reads + 1  # the copy had expired: read from Redis
+
+
 def test_copies_are_forgotten_when_the_change_reports_stop(app, redis_client, monkeypatch, local_copies_on):
     monkeypatch.setattr(LocalCopies, "RETRY_SECONDS", 0.0)
     key = cache.profile_key(2)
