@@ -2,8 +2,8 @@
 /users?include=posts), a post with its author, and the first page of the lists read
 most (the newest posts, the users, each reader's feed).
 
-Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `user:v1:{id}:feed.v2`,
-`post:v1:{id}`, `list:v1:posts:newest`, `list:v1:users`) and live CACHE_TTL_SECONDS.
+Keys are versioned (`user:v1:{id}`, `user:v1:{id}:recent-posts`, `user:v1:{id}:feed.v3`,
+`post:v1:{id}`, `list:v1:posts:newest.v2`, `list:v1:users.v2`) and live CACHE_TTL_SECONDS.
 Only what anyone may see is cached (never email, role, `/me` or admin views; a feed
 page holds ids of public posts). Writers delete the key right after their transaction
 commits, so the next read on any process is fresh; a delete that fails is retried by a
@@ -172,18 +172,18 @@ def feed_key(user_id: int) -> str:
     """The first page of a user's feed (ids, after the marks of the pulled authors the
     user follows: feed_entry); dropped for every follower of an author under
     FEED_PULL_THRESHOLD whose posts change, and for the reader on a follow or unfollow.
-    (v2: the entry begins with the marks.)"""
-    return f"user:v1:{user_id}:feed.v2"
+    (v3: the page is in lines, app/pagination.py's first_entry.)"""
+    return f"user:v1:{user_id}:feed.v3"
 
 
 def newest_posts_key() -> str:
     """The first page of /posts: the newest posts of active authors (ids)."""
-    return "list:v1:posts:newest"
+    return "list:v1:posts:newest.v2"
 
 
 def users_key() -> str:
     """The first page of /users: active users by id (ids)."""
-    return "list:v1:users"
+    return "list:v1:users.v2"
 
 
 PULLED_AUTHORS = "feed:pulled-authors"

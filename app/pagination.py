@@ -146,13 +146,16 @@ class KeysetQuery:
         return self.page_from_entry(entry, limit)
 
     def first_entry(self, params: dict) -> bytes:
-        """The first page as a cache entry: the first PAGE_MAX + 1 items, each with the
-        cursor after it, so one entry serves every `limit`."""
+        """The first page as a cache entry: the first PAGE_MAX + 1 items (integer ids),
+        one a line with the cursor after it (`id cursor`), so one entry serves every
+        `limit` and a page reads only its own lines."""
         rows = db.session.connection().execute(self._first, {**params, "page_limit": PAGE_MAX + 1}).all()
-        return json.dumps([[row[0], encode_cursor(row[1:])] for row in rows], separators=(",", ":")).encode()
+        return "\n".join(f"{row[0]:d} {encode_cursor(row[1:])}" for row in rows).encode()
 
     @staticmethod
     def page_from_entry(entry: bytes, limit: int) -> Page:
-        first = json.loads(entry)
-        next_cursor = first[limit - 1][1] if len(first) > limit else None
-        return Page([item for item, _ in first[:limit]], next_cursor)
+        if not entry:
+            return Page([], None)
+        lines = entry.split(b"\n", limit)  # the page's lines, then the rest (if any) in one
+        ids, cursors = zip(*(line.split(b" ", 1) for line in lines[:limit]), strict=True)
+        return Page([int(item) for item in ids], cursors[-1].decode() if len(lines) > limit else None)

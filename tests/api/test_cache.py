@@ -169,6 +169,8 @@ def test_the_cached_first_page_serves_any_limit_and_its_cursors_lead_on(client, 
     assert redis_client.exists(cache.newest_posts_key())
     for limit in (1, 3, 6, 7, 100):  # each first page from the one entry, then on by cursor
         assert _walk(client, POSTS, limit) == newest
+    for limit, next_page in ((6, True), (7, False), (8, False)):  # a next page only past the last post
+        assert (client.get(f"{POSTS}?limit={limit}").get_json()["next_cursor"] is not None) is next_page
     users = UserFactory.create_batch(4)
     cache.clear()  # the factories wrote past the services
     assert _walk(client, USERS, 3) == sorted({p.author_id for p in posts} | {u.id for u in users})
