@@ -1,7 +1,8 @@
 """What the app's overrides of library internals rely on, each library pinned exactly in
-setup.cfg: flask-jwt-extended's `_decode_jwt_from_config` (app/jwt_manager.py) and
-flask-smorest's `_register_responses` (app/api.py). A new version that changes either
-fails here before it reaches a request."""
+setup.cfg: flask-jwt-extended's `_decode_jwt_from_config` and the module global
+`view_decorators.get_unverified_jwt_headers` (app/jwt_manager.py), and flask-smorest's
+`_register_responses` (app/api.py). A new version that changes any of them fails here
+before it reaches a request."""
 
 from __future__ import annotations
 
@@ -104,6 +105,41 @@ def test_a_tampered_copy_of_a_remembered_token_is_refused(app, client):
         refused = _me(client, forged)
         assert refused.status_code == 401, forged
         assert refused.get_json()["detail"].startswith("The token is invalid"), refused.get_json()
+
+
+# -- flask-jwt-extended: view_decorators.get_unverified_jwt_headers ---------------------
+
+
+def test_flask_jwt_extended_reads_the_header_through_the_global_the_manager_replaces(app):
+    from flask_jwt_extended import view_decorators
+
+    from app.jwt_manager import remembered_header
+
+    source = inspect.getsource(view_decorators._decode_jwt_from_request)
+    assert "jwt_header = get_unverified_jwt_headers(encoded_token)" in source
+    assert view_decorators.get_unverified_jwt_headers is remembered_header
+
+
+def test_a_remembered_token_s_header_is_read_once_and_is_pyjwt_s(client, monkeypatch):
+    from flask_jwt_extended import view_decorators
+
+    import app.jwt_manager
+
+    reads, headers_seen = [], []
+    original = app.jwt_manager._read_header
+    monkeypatch.setattr(app.jwt_manager, "_read_header", lambda token: reads.append(token) or original(token))
+    fjwt_callback = view_decorators.verify_token_not_blocklisted
+
+    def seen(header, payload):
+        headers_seen.append(header)
+        return fjwt_callback(header, payload)
+
+    monkeypatch.setattr(view_decorators, "verify_token_not_blocklisted", seen)
+    token = open_session(UserFactory())["access_token"]
+    for _ in range(3):
+        assert _me(client, token).status_code == 200
+    assert reads == [token]  # once, when the token verified
+    assert headers_seen == [pyjwt.get_unverified_header(token)] * 3
 
 
 # -- flask-smorest: ProblemApi._register_responses --------------------------------------
