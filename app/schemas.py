@@ -107,6 +107,9 @@ class ProblemSchema(ma.Schema):
 
 
 class PageArgsSchema(StrictSchema):
+    """A list's query arguments. Its loads (and its subclasses') depend on the query
+    string alone, no setting or request state: app/api.py remembers them."""
+
     limit = ma.fields.Integer(
         load_default=20,
         validate=ma.validate.Range(min=1, max=PAGE_MAX),

@@ -137,3 +137,27 @@ def test_cursor_round_trip():
     assert decode_cursor(encode_cursor([stamp, 42]), [datetime, int]) == [stamp, 42]
     with pytest.raises(ValidationFailed):
         decode_cursor(encode_cursor({"a": 1}), [int])
+
+
+def test_a_list_s_query_arguments_are_loaded_once_per_query_string_and_refused_every_time(app, client, monkeypatch):
+    """StrictParser remembers PageArgsSchema loads (app/api.py): the same query string is
+    loaded once, each request gets its own dict, and what was refused is refused again."""
+    from app.api import StrictParser
+    from app.schemas import PageArgsSchema
+
+    loads = []
+    load = PageArgsSchema.load
+    monkeypatch.setattr(
+        PageArgsSchema, "load", lambda self, data, **kw: loads.append(dict(data)) or load(self, data, **kw)
+    )
+    PostFactory.create_batch(3)
+    for _ in range(3):
+        assert len(client.get("/api/v1/posts?limit=2&author=999999").get_json()["items"]) == 0
+        assert len(client.get("/api/v1/posts?limit=2").get_json()["items"]) == 2
+        assert client.get("/api/v1/posts?limit=0").status_code == 422
+    assert loads == [{"limit": "2", "author": "999999"}, {"limit": "2"}] + [{"limit": "0"}] * 3
+    parser, schema = StrictParser(), PageArgsSchema()
+    with app.test_request_context("/?limit=5"):
+        first = parser.parse(schema, location="query")
+        first["limit"] = 6
+        assert parser.parse(schema, location="query") == {"limit": 5}
