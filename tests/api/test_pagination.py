@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cachetools import LRUCache
 
 from app.errors import ValidationFailed
 from app.pagination import decode_cursor, encode_cursor
@@ -142,9 +143,10 @@ def test_cursor_round_trip():
 def test_a_list_s_query_arguments_are_loaded_once_per_query_string_and_refused_every_time(app, client, monkeypatch):
     """StrictParser remembers PageArgsSchema loads (app/api.py): the same query string is
     loaded once, each request gets its own dict, and what was refused is refused again."""
-    from app.api import StrictParser
+    from app.api import ApiBlueprint, StrictParser
     from app.schemas import PageArgsSchema
 
+    monkeypatch.setattr(ApiBlueprint.ARGUMENTS_PARSER, "_page_args", LRUCache(16))  # none from earlier tests
     loads = []
     load = PageArgsSchema.load
     monkeypatch.setattr(
