@@ -1,9 +1,9 @@
-"""Whether RememberingJWTManager's override (app/jwt_manager.py) still pays, in-process.
+"""Whether RememberingJWTManager's overrides (app/jwt_manager.py) still pay, in-process.
 
 On the data and Redis database `make bench` uses, with production settings, it times
 a protected GET (the cached first feed page, and /users/me) through Flask's test
-client, and decode_token() alone, A with the override and B with flask-jwt-extended's
-own method, alternating A and B in each of ROUNDS rounds, and prints the median and
+client, and decode_token() alone, A with the overrides (the decode and the header
+read) and B with flask-jwt-extended's own, alternating A and B in each of ROUNDS rounds, and prints the median and
 range of microseconds per call of each and what the override saves. Run it as `make
 profile` runs bench/profile.py: `.venv/bin/python bench/jwt_override.py` with
 DATABASE_URL and REDIS_URL set.
@@ -30,14 +30,18 @@ ROUNDS = 7
 def main() -> int:
     password = bench_in_this_process()
 
-    from flask_jwt_extended import JWTManager, decode_token
+    from flask_jwt_extended import JWTManager, decode_token, get_unverified_jwt_headers, view_decorators
 
     from app.auth import revocation
     from app.factory import create_app
-    from app.jwt_manager import RememberingJWTManager
+    from app.jwt_manager import RememberingJWTManager, remembered_header
 
     override = RememberingJWTManager._decode_jwt_from_config
-    sides = {"A": override, "B": JWTManager._decode_jwt_from_config}
+    # (the decode, the header read after it) of each side
+    sides = {
+        "A": (override, remembered_header),
+        "B": (JWTManager._decode_jwt_from_config, get_unverified_jwt_headers),
+    }
     app = create_app()
     with app.app_context():
         revocation.rebuild_mirror()  # as a worker would: the checks then answer from Redis
@@ -54,7 +58,7 @@ def main() -> int:
     try:
         for round_number in range(ROUNDS):
             for side in "AB" if round_number % 2 == 0 else "BA":
-                RememberingJWTManager._decode_jwt_from_config = sides[side]
+                RememberingJWTManager._decode_jwt_from_config, view_decorators.get_unverified_jwt_headers = sides[side]
                 for path in PATHS:
                     started = time.perf_counter()
                     for _ in range(REQUESTS):
@@ -67,7 +71,7 @@ def main() -> int:
                         decode_token(token)
                     timings[("decode_token", side)].append((time.perf_counter() - started) / DECODES * 1e6)
     finally:
-        RememberingJWTManager._decode_jwt_from_config = override
+        RememberingJWTManager._decode_jwt_from_config, view_decorators.get_unverified_jwt_headers = sides["A"]
 
     print(f"A: the override; B: flask-jwt-extended's own. µs per call, median (range) of {ROUNDS} rounds")
     for name in names:
