@@ -3,8 +3,9 @@
 On the data and Redis database `make bench` uses, with production settings, it times
 a protected GET (the cached first feed page, and /users/me) through Flask's test
 client, and decode_token() alone, A with the overrides (the decode and the header
-read) and B with flask-jwt-extended's own, alternating A and B in each of ROUNDS rounds, and prints the median and
-range of microseconds per call of each and what the override saves. Run it as `make
+read) and B with flask-jwt-extended's own, alternating A and B in each of ROUNDS
+rounds, and prints the median and range of microseconds per call of each and what the
+overrides save. Run it as `make
 profile` runs bench/profile.py: `.venv/bin/python bench/jwt_override.py` with
 DATABASE_URL and REDIS_URL set.
 """
@@ -73,7 +74,7 @@ def main() -> int:
     finally:
         RememberingJWTManager._decode_jwt_from_config, view_decorators.get_unverified_jwt_headers = sides["A"]
 
-    print(f"A: the override; B: flask-jwt-extended's own. µs per call, median (range) of {ROUNDS} rounds")
+    print(f"A: the overrides; B: flask-jwt-extended's own. µs per call, median (range) of {ROUNDS} rounds")
     for name in names:
         a, b = timings[(name, "A")], timings[(name, "B")]
         saved = statistics.median(b) - statistics.median(a)
