@@ -52,3 +52,13 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    # the app is loaded and what it loaded lives as long as the worker: frozen, those
+    # objects drop out of the collector's full passes, which otherwise stop every thread
+    # of the worker while they walk them all
+    import gc
+
+    gc.collect()
+    gc.freeze()

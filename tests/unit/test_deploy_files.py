@@ -1,10 +1,12 @@
 """The files a platform reads: a Heroku-style Python buildpack (.python-version,
 requirements.txt, app.json, Procfile) and the Dockerfile, which install the same locked
-packages; the lock stays within setup.cfg's ranges."""
+packages; the lock stays within setup.cfg's ranges; the web process's gunicorn settings."""
 
 from __future__ import annotations
 
 import configparser
+import gc
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -91,3 +93,16 @@ def test_app_json_runs_the_procfile_with_its_addons_and_generated_secrets():
     for secret in ("SECRET_KEY", "JWT_SECRET_KEY"):
         assert env[secret]["generator"] == "secret" and "value" not in env[secret]
     assert {"heroku/python"} == {pack["url"] for pack in app["buildpacks"]}
+
+
+def test_a_web_worker_freezes_what_it_loaded_out_of_the_collectors_full_passes(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # else the file makes a folder of its own
+    spec = importlib.util.spec_from_file_location("gunicorn_settings", ROOT / "gunicorn.conf.py")
+    settings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(settings)
+    assert gc.get_freeze_count() == 0
+    try:
+        settings.post_worker_init(worker=None)
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
