@@ -51,6 +51,8 @@ WARMUP_SECONDS = int(os.environ.get("BENCH_WARMUP_SECONDS", "3"))
 # every endpoint is measured this many times, in turn, and the table gives the median
 # and the range: one short run on a shared machine is not to be trusted alone
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# the ceiling is read again for this long after each endpoint (0: once a round only)
+CEILING_SECONDS = int(os.environ.get("BENCH_CEILING_SECONDS", "3"))
 USERS, POSTS, FOLLOWS = 1000, 20, 20
 HOT_POSTS = 1000  # the posts read again and again (measured cached), as against all of them
 WRITERS = 32  # users whose tokens the write scenarios use (user1 ...)
@@ -277,8 +279,9 @@ def main() -> int:
         call("GET", f"{app_base}/api/v1/feed", token=token)  # asks the worker for the revocation mirror
         wait_for_revocation_mirror(redis_url)
         writes = WriteScenarios(env, app_base, password)
+        ceiling = {"name": CEILING, "base": ceiling_base, "path": "/ping"}
         scenarios = [
-            {"name": CEILING, "base": ceiling_base, "path": "/ping"},
+            ceiling,
             # the I/O of two endpoints alone, with raw drivers (bench/ceiling.py): what
             # this stack can reach at best for a cache miss and for a post
             {"name": FLOOR_MISS, "base": ceiling_base, "path": "/floor/users/{id}", "max_id": USERS},
@@ -398,6 +401,7 @@ def main() -> int:
         scenarios += [scenario["beside"] for scenario in scenarios if "beside" in scenario]
         runs = {scenario["name"]: [] for scenario in scenarios}
         besides = [scenario["beside"] for scenario in scenarios if "beside" in scenario]
+        ceiling_readings = []  # the short ones between endpoints
         for round_number in range(1, ROUNDS + 1):
             print(f"round {round_number} of {ROUNDS}", flush=True)
             for scenario in scenarios:
@@ -427,24 +431,38 @@ def main() -> int:
                 if scenario.get("after"):
                     scenario["after"]()
                 if scenario["name"] == CEILING:
-                    ceiling_rps = results[0]["rps"]
+                    ceiling_before = ceiling_after = results[0]["rps"]
+                elif CEILING_SECONDS:
+                    wait_until_idle(app_process.pid)
+                    ceiling_after = wrk(ceiling_base, ceiling, CEILING_SECONDS)["rps"]
+                    ceiling_readings.append(ceiling_after)
                 for measured, result in zip(filter(None, (scenario, beside)), results, strict=True):
-                    result["vs_ceiling"] = result["rps"] / ceiling_rps  # the ceiling of this round
+                    result["vs_ceiling"] = share_of_ceiling(result["rps"], ceiling_before, ceiling_after)
                     runs[measured["name"]].append(result)
                     print(
                         f"{measured['name']:<42} {result['rps']:8.0f} req/s  p50 {result['p50'] / 1000:6.1f} ms  "
                         f"p95 {result['p95'] / 1000:6.1f} ms  p99 {result['p99'] / 1000:6.1f} ms  "
-                        f"errors {result['socket_errors'] + result['status_errors']}",
+                        f"errors {result['socket_errors'] + result['status_errors']}  "
+                        f"vs ceiling {result['vs_ceiling']:.0%}",
                         flush=True,
                     )
+                ceiling_before = ceiling_after
         results = [{**scenario, **median_of(runs[scenario["name"]])} for scenario in scenarios]
         hit_rate = cache_hit_rate(redis_url)
     finally:
         for process in (app_process, ceiling_process, worker):
             process.terminate()
             process.wait(timeout=30)
-    report(results, hit_rate, machine)
+    report(results, hit_rate, machine, ceiling_readings)
     return 0
+
+
+def share_of_ceiling(rps: float, ceiling_before: float, ceiling_after: float) -> float:
+    """An endpoint's req/s over the ceiling's around it: the mean of the ceiling's reading
+    just before the endpoint and just after it. The machine's speed drifts within a round
+    as much as between rounds, and a round lasts minutes: a ceiling read once a round
+    would judge the last endpoints by a speed the machine no longer had."""
+    return rps / statistics.mean((ceiling_before, ceiling_after))
 
 
 AB_SETTINGS = {"local_copies": ({}, {"CACHE_LOCAL_MAX_BYTES": "0"})}
@@ -757,14 +775,15 @@ def drop_cached(redis_url: str, prefix: str) -> None:
 
 def median_of(runs: list[dict]) -> dict:
     """One row from the rounds of an endpoint: the median of each figure, the errors of
-    all rounds, and the spread of req/s and p95. The ratio to the ceiling is the median
-    of each round's ratio: the machine's speed drifts between rounds, less within one."""
+    all rounds, and the spread of req/s, share and p95. The share of the ceiling is the
+    median of each round's, each of the ceiling read around the endpoint (share_of_ceiling)."""
     row = {key: statistics.median([run[key] for run in runs]) for key in ("rps", "vs_ceiling", "p50", "p95", "p99")}
     row["socket_errors"] = sum(run["socket_errors"] for run in runs)
     row["status_errors"] = sum(run["status_errors"] for run in runs)
     row["requests"] = sum(run["requests"] for run in runs)
     row["rps_range"] = (min(run["rps"] for run in runs), max(run["rps"] for run in runs))
     row["p95_range"] = (min(run["p95"] for run in runs), max(run["p95"] for run in runs))
+    row["share_range"] = (min(run["vs_ceiling"] for run in runs), max(run["vs_ceiling"] for run in runs))
     cpu = [run["cpu_us"] for run in runs if run["cpu_us"]]
     row["cpu_us"] = {group: statistics.median([c[group] for c in cpu]) for group in cpu[0]} if cpu else None
     return row
@@ -796,7 +815,7 @@ def cache_hit_rate(redis_url: str) -> float | None:
     return hits / (hits + misses) if hits + misses else None
 
 
-def report(results: list[dict], hit_rate: float | None, machine: str) -> None:
+def report(results: list[dict], hit_rate: float | None, machine: str, ceiling_readings: list[float]) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# make bench, {stamp}",
@@ -806,8 +825,9 @@ def report(results: list[dict], hit_rate: float | None, machine: str) -> None:
         f"wrk on loopback; gunicorn with WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 'default')}; "
         f"{USERS} users, {USERS * POSTS} posts, {USERS * FOLLOWS} follows.",
         f"Machine: {machine}.",
+        ceiling_line(ceiling_readings),
         "",
-        "| endpoint | req/s (range) | vs ceiling | p50 ms | p95 ms (range) | p99 ms | errors "
+        "| endpoint | req/s (range) | vs ceiling (range) | p50 ms | p95 ms (range) | p99 ms | errors "
         "| CPU µs/request: web / PG / Redis |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -816,9 +836,10 @@ def report(results: list[dict], hit_rate: float | None, machine: str) -> None:
         cpu = " / ".join(f"{v:,.0f}" for v in r["cpu_us"].values()) if r["cpu_us"] else "n/a"
         rps_range = "({:.0f}-{:.0f})".format(*r["rps_range"]) if ROUNDS > 1 else ""
         p95_range = "({:.1f}-{:.1f})".format(*(v / 1000 for v in r["p95_range"])) if ROUNDS > 1 else ""
+        share_range = "({:.0f}-{:.0f})".format(*(v * 100 for v in r["share_range"])) if ROUNDS > 1 else ""
         lines.append(
-            f"| {r['name']} | {r['rps']:.0f} {rps_range} | {r['vs_ceiling']:.0%} | {r['p50'] / 1000:.1f} | "
-            f"{r['p95'] / 1000:.1f} {p95_range} | {r['p99'] / 1000:.1f} | {errors} | {cpu} |"
+            f"| {r['name']} | {r['rps']:.0f} {rps_range} | {r['vs_ceiling']:.0%} {share_range} | "
+            f"{r['p50'] / 1000:.1f} | {r['p95'] / 1000:.1f} {p95_range} | {r['p99'] / 1000:.1f} | {errors} | {cpu} |"
         )
     reads = [r for r in results if not r.get("write") and "base" not in r]
     slow_reads = [r["name"] for r in reads if r["p95"] >= 50_000]
@@ -835,6 +856,16 @@ def report(results: list[dict], hit_rate: float | None, machine: str) -> None:
     (RESULTS / "latest.md").write_text(text_report)
     chart(results, RESULTS / "latest.png")
     print("\n" + text_report + f"\nwritten: {RESULTS / 'latest.md'}, {RESULTS / 'latest.png'}")
+
+
+def ceiling_line(readings: list[float]) -> str:
+    if not readings:
+        return "The ceiling was read once a round; each share is of that round's reading."
+    return (
+        f"Each share is of the mean of the ceiling's readings just before and just after the endpoint "
+        f"({len(readings)} readings of {CEILING_SECONDS} s between endpoints, "
+        f"{min(readings):,.0f}-{max(readings):,.0f} req/s)."
+    )
 
 
 CEILING = "ceiling: bare Flask JSON"

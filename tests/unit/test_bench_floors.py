@@ -1,5 +1,6 @@
 """`make bench`'s floors (bench/ceiling.py) do the I/O of the endpoints they bound, on
-real PostgreSQL and Redis, and the report's verdicts name them."""
+real PostgreSQL and Redis, and the report's verdicts name them; each share is of the
+ceiling read around its endpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from sqlalchemy import text
 
 import bench.ceiling as floors
 from app.db import db
-from bench.run import CEILING, FLOOR_MISS, FLOOR_POST, goal_lines
+from bench.run import CEILING, FLOOR_MISS, FLOOR_POST, ceiling_line, goal_lines, share_of_ceiling
 from tests.support.factories import FollowFactory, UserFactory
 
 pytestmark = pytest.mark.no_transaction
@@ -100,3 +101,16 @@ def test_the_verdict_on_a_bounded_goal_gives_its_floor():
     )
     assert "- POST /posts at least 25% of the ceiling: NO (9%; its I/O alone with raw drivers: 16%)" in lines
     assert "- PATCH /posts/{id} at least 20% of the ceiling: NO (8%)" in lines  # no floor of its own
+
+
+def test_a_share_is_of_the_ceiling_read_just_before_and_just_after_its_endpoint():
+    # the machine slowed down while the endpoint ran: the ceiling went from 4,000 to 2,000
+    assert share_of_ceiling(900, ceiling_before=4000, ceiling_after=2000) == pytest.approx(0.30)
+    assert share_of_ceiling(900, ceiling_before=3000, ceiling_after=3000) == pytest.approx(0.30)
+    assert share_of_ceiling(900, ceiling_before=1500, ceiling_after=4500) == pytest.approx(0.30)
+
+
+def test_the_report_says_how_the_ceiling_was_read():
+    line = ceiling_line([2345.6, 5432.1, 4000.0])
+    assert "3 readings" in line and "2,346-5,432 req/s" in line
+    assert "once a round" in ceiling_line([])
