@@ -5,9 +5,8 @@ a protected GET (the cached first feed page, and /users/me) through Flask's test
 client, and decode_token() alone, A with the overrides (the decode and the header
 read) and B with flask-jwt-extended's own, alternating A and B in each of ROUNDS
 rounds, and prints the median and range of microseconds per call of each and what the
-overrides save. Run it as `make
-profile` runs bench/profile.py: `.venv/bin/python bench/jwt_override.py` with
-DATABASE_URL and REDIS_URL set.
+overrides save. Run it as `make profile` runs bench/profile.py:
+`.venv/bin/python bench/jwt_override.py` with DATABASE_URL and REDIS_URL set.
 """
 
 from __future__ import annotations
