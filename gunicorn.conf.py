@@ -23,6 +23,12 @@ errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # the app is imported in each worker after fork: no connection pool is shared across forks
 preload_app = False
+# gunicornc's control socket (show workers, add or kill them, reload, shut down) only where
+# asked for: gunicorn's default place, ~/.gunicorn/gunicorn.ctl, is one per user, so a
+# second gunicorn of that user takes it over from the first, and the image's user cannot
+# create it (its home, /app, belongs to root)
+control_socket = os.environ.get("WEB_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket
 
 # /metrics adds up every worker's numbers: prometheus-client's multiprocess mode
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

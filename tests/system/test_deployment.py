@@ -135,3 +135,39 @@ def test_the_procfile_processes_run_end_to_end(app, committed, test_db_url, tmp_
         except subprocess.TimeoutExpired:
             os.killpg(honcho.pid, signal.SIGKILL)
         log.close()
+
+
+def test_a_web_process_opens_a_control_socket_only_at_the_path_it_is_given(app, test_db_url, tmp_path):
+    home = tmp_path / "home"  # gunicorn's default place for it: ~/.gunicorn/gunicorn.ctl
+    home.mkdir()
+    env = service_env(app, test_db_url, HOME=str(home))
+    env.pop("XDG_RUNTIME_DIR", None)
+    env.pop("WEB_CONTROL_SOCKET", None)
+    socket_path = tmp_path / "web.ctl"
+    plain = Web(env, tmp_path / "plain.log")
+    controlled = Web({**env, "WEB_CONTROL_SOCKET": str(socket_path)}, tmp_path / "controlled.log", workers=2)
+    try:
+        plain.wait_ready(), controlled.wait_ready()
+        assert list(home.rglob("*")) == []
+        assert "control socket" not in plain.log().lower()
+        # the one given a path answers gunicornc there, about itself
+        answer = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from gunicorn.ctl.cli import main; sys.exit(main())",
+                "-s",
+                str(socket_path),
+                "-c",
+                "show workers",
+                "-j",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert json.loads(answer.stdout)["count"] == 2
+        assert oct(socket_path.stat().st_mode & 0o777) == oct(0o600)
+    finally:
+        plain.stop(), controlled.stop()
