@@ -15,7 +15,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
 from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
-from sqlalchemy import ClauseElement, MetaData, SelectBase, event
+from sqlalchemy import ARRAY, ClauseElement, MetaData, SelectBase, event
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.engine import Compiled
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
@@ -155,18 +155,10 @@ def commit_in_one_trip(*statements: tuple[ClauseElement, dict]) -> list:
     """
     connection = db.session.connection()
     raw = connection.connection.dbapi_connection
-    dialect = connection.dialect
     cursor = psycopg.ClientCursor(raw, row_factory=namedtuple_row)
-    sent = []  # (SQL, parameters) of each statement
-    for statement, params in statements:
-        form = _compiled(statement, dialect)
-        sent.append((form.string, form.construct_params(params)))
-    events = connection.dispatch
-    if events.before_cursor_execute:
-        for sql, params in sent:
-            events.before_cursor_execute(connection, cursor, sql, params, None, False)
+    sent = [_form(statement, params, connection.dialect) for statement, params in statements]
     own_transaction = raw.info.transaction_status == TransactionStatus.IDLE
-    try:
+    with _sent_to_the_driver(connection, cursor, sent, context=None):
         parts = [cursor.mogrify(sql, params) for sql, params in sent]
         query = ";\n".join(["BEGIN", *parts, "COMMIT"] if own_transaction else parts)
         with _in_autocommit(raw):  # the query says where the transaction begins and ends
@@ -178,7 +170,76 @@ def commit_in_one_trip(*statements: tuple[ClauseElement, dict]) -> list:
                 if number:
                     cursor.nextset()
                 rows.append(cursor.fetchone() if cursor.description else None)
+    db.session.commit()  # ends the session's transaction (its connection's is over, or ends here)
+    return rows
+
+
+def select_rows(statement: SelectBase, params: dict) -> list:
+    """The rows (named tuples) of one SELECT, built once (module-level or cached), on the
+    session's connection (in its transaction, if it has one), sent straight to psycopg.
+
+    The hot reads use it (a cache miss, a page of ids, the followers to notify):
+    SQLAlchemy's execute and its result objects cost about a sixth of a cache miss's
+    CPU. What comes back is psycopg's own values, so every column must be of a type that
+    SQLAlchemy passes through unconverted (numbers, text, times, arrays of those);
+    `_plain_columns` refuses any other. The engine's cursor events still see the
+    statement (as a SELECT), and errors are SQLAlchemy's.
+    """
+    connection = db.session.connection()
+    raw = connection.connection.dbapi_connection
+    cursor = raw.cursor(row_factory=namedtuple_row)
+    form = _plain_columns(statement, connection.dialect)
+    sent = [(form.string, form.construct_params(params))]
+    with _sent_to_the_driver(connection, cursor, sent, context=_SelectSent(form)):
+        return cursor.execute(*sent[0]).fetchall()
+
+
+class _SelectSent:
+    """What the cursor events get as the execution context of select_rows: its compiled
+    statement (note_writes looks at it to tell a read from a write)."""
+
+    __slots__ = ("compiled",)
+
+    def __init__(self, compiled: Compiled):
+        self.compiled = compiled
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_columns(statement: SelectBase, dialect) -> Compiled:
+    """The statement compiled, once it is known that none of its columns needs
+    SQLAlchemy's conversion of the driver's values."""
+    for column in statement.selected_columns:
+        kind = column.type
+        if isinstance(kind, ARRAY) and kind.dimensions in (None, 1):  # psycopg's is a list too
+            kind = kind.item_type
+        try:
+            converts = kind.dialect_impl(dialect).result_processor(dialect, None) is not None
+        except SQLAlchemyError:  # it cannot tell without the driver's type (a Numeric's)
+            converts = True
+        if converts:
+            raise TypeError(f"select_rows() cannot return {column!r} ({column.type!r}) as psycopg reads it")
+    return _compiled(statement, dialect)
+
+
+def _form(statement: ClauseElement, params: dict, dialect) -> tuple[str, dict]:
+    """A statement's SQL and its parameters as psycopg takes them."""
+    form = _compiled(statement, dialect)
+    return form.string, form.construct_params(params)
+
+
+@contextlib.contextmanager
+def _sent_to_the_driver(connection, cursor, sent: list[tuple[str, dict]], *, context):
+    """Statements sent to psycopg past SQLAlchemy's execute: the engine's cursor events
+    before and after them (the write flag, query counters), and psycopg's errors raised
+    as SQLAlchemy's (a lost connection invalidated, as SQLAlchemy would)."""
+    events = connection.dispatch
+    if events.before_cursor_execute:
+        for sql, params in sent:
+            events.before_cursor_execute(connection, cursor, sql, params, context, False)
+    try:
+        yield
     except psycopg.Error as error:
+        raw, dialect = connection.connection.dbapi_connection, connection.dialect
         invalidated = dialect.is_disconnect(error, raw, cursor)
         if invalidated:
             connection.invalidate(error)
@@ -188,9 +249,7 @@ def commit_in_one_trip(*statements: tuple[ClauseElement, dict]) -> list:
         ) from error
     if events.after_cursor_execute:
         for sql, params in sent:
-            events.after_cursor_execute(connection, cursor, sql, params, None, False)
-    db.session.commit()  # ends the session's transaction (its connection's is over, or ends here)
-    return rows
+            events.after_cursor_execute(connection, cursor, sql, params, context, False)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Label, Select, bindparam, tuple_
 
 from app import cache
-from app.db import db
+from app.db import db, select_rows
 from app.errors import ValidationFailed
 
 PAGE_MAX = 100  # the largest `limit` a client may ask for
@@ -131,7 +131,7 @@ class KeysetQuery:
         params["page_limit"] = limit + 1
         if cursor:
             params.update((f"after_{i}", v) for i, v in enumerate(decode_cursor(cursor, self.kinds)))
-        rows = db.session.connection().execute(self._next if cursor else self._first, params).all()
+        rows = select_rows(self._next if cursor else self._first, params)
         return _page_of(rows, (), limit)
 
     def _cached_first_page(self, key: str, limit: int, params: dict) -> Page:
@@ -149,7 +149,7 @@ class KeysetQuery:
         """The first page as a cache entry: the first PAGE_MAX + 1 items (integer ids),
         one a line with the cursor after it (`id cursor`), so one entry serves every
         `limit` and a page reads only its own lines."""
-        rows = db.session.connection().execute(self._first, {**params, "page_limit": PAGE_MAX + 1}).all()
+        rows = select_rows(self._first, {**params, "page_limit": PAGE_MAX + 1})
         return "\n".join(f"{row[0]:d} {encode_cursor(row[1:])}" for row in rows).encode()
 
     @staticmethod

@@ -11,10 +11,12 @@ from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy import (
     BigInteger,
+    Integer,
     Select,
     any_,
     bindparam,
     case,
+    column,
     delete,
     false,
     func,
@@ -30,7 +32,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import contains_eager
 
 from app import cache, queue
-from app.db import bounded_query, commit_in_one_trip, db
+from app.db import bounded_query, commit_in_one_trip, db, select_rows
 from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, account_gone, check_version
 from app.mail import smtp
 from app.models import Follow, Post, Role, User
@@ -71,7 +73,7 @@ def _load_public(ids: list[int]) -> dict[int, tuple[int, bytes]]:
     """(version, JSON) of each of these posts still shown, loaded in one query and cached."""
     dumps = current_app.json.dumps
     found = {}
-    for row in db.session.connection().execute(_public_posts(), {"ids": ids}):
+    for row in select_rows(_public_posts(), {"ids": ids}):
         post = row._asdict()
         post["author"] = {"id": row.author_id, "username": row.username, "display_name": row.display_name}
         found[row.id] = (row.version, dumps(_POST_SCHEMA.dump(post)).encode())
@@ -295,8 +297,8 @@ def posts_changed(author_id: int, *keys: str) -> None:
     Followers are read after the commit, so one who followed meanwhile either is in this
     list or read the feed after the change."""
     threshold = current_app.config["FEED_PULL_THRESHOLD"]
-    row = db.session.connection().execute(_FOLLOWERS_TO_NOTIFY, {"author": author_id, "threshold": threshold}).first()
-    follower_count, followers = row if row is not None else (0, [])
+    rows = select_rows(_FOLLOWERS_TO_NOTIFY, {"author": author_id, "threshold": threshold})
+    follower_count, followers = rows[0] if rows else (0, [])
     _posts_changed(author_id, None if _pulled(follower_count) else followers, *keys)
 
 
@@ -316,12 +318,12 @@ def _pulled(follower_count: int) -> bool:
 # drop comes after the change). A statement's snapshot is taken before it waits for a
 # lock: the insert's own statement would miss such a follow.
 _FOLLOWERS_TO_NOTIFY = text("""
-SELECT u.follower_count, coalesce(f.ids, '{}') FROM users u LEFT JOIN LATERAL (
+SELECT u.follower_count, coalesce(f.ids, '{}') AS followers FROM users u LEFT JOIN LATERAL (
     SELECT array_agg(follower_id) AS ids FROM follows
     WHERE followed_id = u.id AND u.follower_count < :threshold
 ) f ON true
 WHERE u.id = :author
-""")
+""").columns(column("follower_count", Integer), column("followers", ARRAY(BigInteger)))
 
 
 def followers_of(author_id: int) -> list[int]:

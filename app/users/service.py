@@ -11,7 +11,7 @@ from sqlalchemy import BigInteger, any_, bindparam, cast, func, or_, select, tex
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from app import cache, queue
-from app.db import commit_in_one_trip, db
+from app.db import commit_in_one_trip, db, select_rows
 from app.errors import NotFound, ValidationFailed, check_version
 from app.jobs import service as jobs
 from app.models import Follow, Job, JobKind, Post, User
@@ -59,10 +59,10 @@ def public_profile_json(user_id: int) -> bytes:
     cached = cache.get(key)
     if cached is not None:
         return cached
-    row = db.session.connection().execute(_public_profile_stmt(), {"user_id": user_id}).first()
-    if row is None:
+    rows = select_rows(_public_profile_stmt(), {"user_id": user_id})
+    if not rows:
         raise NotFound(f"No user with id {user_id}.")
-    payload = _profile_json(row)
+    payload = _profile_json(rows[0])
     cache.put(key, payload)
     return payload
 

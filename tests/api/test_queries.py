@@ -197,6 +197,14 @@ def _select_textual_columns(user_id):
     db.session.execute(text("SELECT id FROM users WHERE id = :id").columns(column("id")), {"id": user_id})
 
 
+def _select_rows_past_sqlalchemys_execute(user_id):
+    from sqlalchemy import bindparam, select
+
+    from app.db import select_rows
+
+    select_rows(select(User.id).where(User.id == bindparam("id")), {"id": user_id})
+
+
 def _update_user(user_id):
     from sqlalchemy import update
 
@@ -250,6 +258,7 @@ def _driver_sql_update(user_id):
         (_select_through_a_cte, "COMMIT"),
         (_select_a_union, "COMMIT"),
         (_select_textual_columns, "COMMIT"),
+        (_select_rows_past_sqlalchemys_execute, "COMMIT"),
         (_update_user, "ROLLBACK"),
         (_pending_change, "ROLLBACK"),
         (_flushed_change_then_select, "ROLLBACK"),
