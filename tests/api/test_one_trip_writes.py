@@ -171,3 +171,25 @@ def test_a_write_stopped_by_its_timeout_is_the_503_kind_of_error(app, committed)
         assert db.session.scalar(text("SELECT bio FROM users WHERE id = :id"), {"id": user_id}) == "before"
         assert db.session.scalar(text("SHOW statement_timeout")) == "15s"
         db.session.remove()
+
+
+def test_a_deleted_posts_request_ends_with_commit_keeping_prepared_statements(app, committed, client):
+    """After the delete commits, the followers whose feed pages it drops are read in a
+    transaction of their own; as it only read, it ends with COMMIT (a ROLLBACK would
+    make psycopg drop every prepared statement of the connection)."""
+    from sqlalchemy import event
+
+    _author_id, headers = signed_in(app, client)
+    post_id = client.post(POSTS, json={"title": "t", "body": "b"}, headers=headers).get_json()["id"]
+    ends = []
+    with app.app_context():
+        engine = db.engine
+    listeners = {"commit": lambda _conn: ends.append("COMMIT"), "rollback": lambda _conn: ends.append("ROLLBACK")}
+    for name, listener in listeners.items():
+        event.listen(engine, name, listener)
+    try:
+        assert client.delete(f"{POSTS}/{post_id}", headers=headers).status_code == 204
+    finally:
+        for name, listener in listeners.items():
+            event.remove(engine, name, listener)
+    assert ends == ["COMMIT", "COMMIT"]  # the delete's, then the followers' read
