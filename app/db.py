@@ -178,9 +178,9 @@ def select_rows(statement: SelectBase, params: dict) -> list:
     """The rows (named tuples) of one SELECT, built once (module-level or cached), on the
     session's connection (in its transaction, if it has one), sent straight to psycopg.
 
-    The hot reads use it (a cache miss, a page of ids, the followers to notify):
-    SQLAlchemy's execute and its result objects cost about a sixth of a cache miss's
-    CPU. What comes back is psycopg's own values, so every column must be of a type that
+    The hot reads use it (a cache miss, a page of ids, the followers to notify), where
+    SQLAlchemy's execute and its result objects are a good part of the CPU a request
+    takes (docs/performance.md). What comes back is psycopg's own values, so every column must be of a type that
     SQLAlchemy passes through unconverted (numbers, text, times, arrays of those);
     `_plain_columns` refuses any other. The engine's cursor events still see the
     statement (as a SELECT), and errors are SQLAlchemy's.
