@@ -156,7 +156,7 @@ def commit_in_one_trip(*statements: tuple[ClauseElement, dict]) -> list:
     connection = db.session.connection()
     raw = connection.connection.dbapi_connection
     cursor = psycopg.ClientCursor(raw, row_factory=namedtuple_row)
-    sent = [_form(statement, params, connection.dialect) for statement, params in statements]
+    sent = [_sql_and_params(_compiled(statement, connection.dialect), params) for statement, params in statements]
     own_transaction = raw.info.transaction_status == TransactionStatus.IDLE
     with _sent_to_the_driver(connection, cursor, sent, context=None):
         parts = [cursor.mogrify(sql, params) for sql, params in sent]
@@ -189,7 +189,7 @@ def select_rows(statement: SelectBase, params: dict) -> list:
     raw = connection.connection.dbapi_connection
     cursor = raw.cursor(row_factory=namedtuple_row)
     form = _plain_columns(statement, connection.dialect)
-    sent = [(form.string, form.construct_params(params))]
+    sent = [_sql_and_params(form, params)]
     with _sent_to_the_driver(connection, cursor, sent, context=_SelectSent(form)):
         return cursor.execute(*sent[0]).fetchall()
 
@@ -221,9 +221,8 @@ def _plain_columns(statement: SelectBase, dialect) -> Compiled:
     return _compiled(statement, dialect)
 
 
-def _form(statement: ClauseElement, params: dict, dialect) -> tuple[str, dict]:
-    """A statement's SQL and its parameters as psycopg takes them."""
-    form = _compiled(statement, dialect)
+def _sql_and_params(form: Compiled, params: dict) -> tuple[str, dict]:
+    """A compiled statement's SQL and its parameters as psycopg takes them."""
     return form.string, form.construct_params(params)
 
 
