@@ -17,7 +17,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import ARRAY, ClauseElement, MetaData, SelectBase, event
 from sqlalchemy.dialects.postgresql import TIMESTAMP
-from sqlalchemy.engine import Compiled
+from sqlalchemy.engine import Compiled, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
 
@@ -175,23 +175,81 @@ def commit_in_one_trip(*statements: tuple[ClauseElement, dict]) -> list:
 
 
 def select_rows(statement: SelectBase, params: dict) -> list:
-    """The rows (named tuples) of one SELECT, built once (module-level or cached), on the
-    session's connection (in its transaction, if it has one), sent straight to psycopg.
+    """The rows (named tuples) of one SELECT, built once (module-level or cached), sent
+    straight to psycopg: on the session's connection (in its transaction, if it has
+    one), or, when the session would read in autocommit and holds no connection yet (a
+    GET request's first read), on a pooled connection borrowed for this statement alone.
 
     The hot reads use it (a cache miss, a page of ids, the followers to notify), where
     SQLAlchemy's execute and its result objects are a good part of the CPU a request
-    takes (docs/performance.md). What comes back is psycopg's own values, so every column must be of a type that
+    takes, and so is the session's connection when a request reads nothing else: its
+    Connection and transaction objects, and the autocommit set and reset through them
+    (docs/performance.md). A borrowed connection comes from the same pool and engine
+    (the replica chosen for the request, the pool's limits and checkout check) and goes
+    back before this returns, so a request never holds two.
+
+    What comes back is psycopg's own values, so every column must be of a type that
     SQLAlchemy passes through unconverted (numbers, text, times, arrays of those);
     `_plain_columns` refuses any other. The engine's cursor events still see the
     statement (as a SELECT), and errors are SQLAlchemy's.
     """
-    connection = db.session.connection()
+    session = db.session()
+    bind = None if session.in_transaction() else session.get_bind()
+    # an engine, not a connection (the tests' harness binds the session to one of its own)
+    if isinstance(bind, Engine) and bind.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        with _borrowed(bind) as connection:
+            return _select_on(connection, statement, params)
+    return _select_on(session.connection(), statement, params)
+
+
+def _select_on(connection, statement: SelectBase, params: dict) -> list:
     raw = connection.connection.dbapi_connection
     cursor = raw.cursor(row_factory=namedtuple_row)
     form = _plain_columns(statement, connection.dialect)
     sent = [_sql_and_params(form, params)]
     with _sent_to_the_driver(connection, cursor, sent, context=_SelectSent(form)):
         return cursor.execute(*sent[0]).fetchall()
+
+
+class _Borrowed:
+    """A pooled connection taken past the session, with what the cursor events and
+    `_sent_to_the_driver` use of a Connection: its engine, events, dialect, info (the
+    pooled connection's, as a Connection's is) and invalidation."""
+
+    __slots__ = ("connection", "engine")
+
+    def __init__(self, engine, pooled):
+        self.engine, self.connection = engine, pooled
+
+    dispatch = property(lambda self: self.engine.dispatch)
+    dialect = property(lambda self: self.engine.dialect)
+    info = property(lambda self: self.connection.info)
+
+    def invalidate(self, error: BaseException) -> None:
+        self.connection.invalidate(error)
+
+
+@contextlib.contextmanager
+def _borrowed(engine):
+    """One of `engine`'s pooled connections in autocommit, given back to the pool as
+    it was (autocommit off) after the block."""
+    try:
+        pooled = engine.raw_connection()
+    except psycopg.Error as error:  # no connection to be had: raised as SQLAlchemy's connect raises it
+        dialect = engine.dialect
+        invalidated = dialect.is_disconnect(error, None, None)
+        raise _sqlalchemys(error, dialect, None, invalidated=invalidated) from error
+    raw = pooled.dbapi_connection
+    try:
+        raw.autocommit = True
+        yield _Borrowed(engine, pooled)
+    finally:
+        if not raw.closed:
+            try:
+                raw.autocommit = False
+            except psycopg.Error as error:  # a connection that broke under the statement
+                pooled.invalidate(error)
+        pooled.close()
 
 
 class _SelectSent:
@@ -243,12 +301,17 @@ def _sent_to_the_driver(connection, cursor, sent: list[tuple[str, dict]], *, con
         if invalidated:
             connection.invalidate(error)
         statement = ";\n".join(sql for sql, _ in sent)  # as SQLAlchemy's errors, no values in it
-        raise DBAPIError.instance(
-            statement, None, error, psycopg.Error, connection_invalidated=invalidated, dialect=dialect
-        ) from error
+        raise _sqlalchemys(error, dialect, statement, invalidated=invalidated) from error
     if events.after_cursor_execute:
         for sql, params in sent:
             events.after_cursor_execute(connection, cursor, sql, params, context, False)
+
+
+def _sqlalchemys(error: psycopg.Error, dialect, statement: str | None, *, invalidated: bool) -> DBAPIError:
+    """psycopg's error as SQLAlchemy's execute or connect would raise it."""
+    return DBAPIError.instance(
+        statement, None, error, psycopg.Error, connection_invalidated=invalidated, dialect=dialect
+    )
 
 
 @contextlib.contextmanager

@@ -1,13 +1,16 @@
 """The hot reads sent straight to psycopg (app/db.py select_rows): the same rows as
 SQLAlchemy's execute gives, seen by the engine's cursor events as reads, and errors
-as SQLAlchemy raises them."""
+as SQLAlchemy raises them; a GET request's first read on a pooled connection borrowed
+for it alone and given back as it was."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Integer, PickleType, bindparam, column, literal_column, select, text, type_coerce
-from sqlalchemy.exc import DataError
+from sqlalchemy import Integer, PickleType, bindparam, column, event, func, literal_column, select, text, type_coerce
+from sqlalchemy.exc import DataError, OperationalError
 
 from app.db import db, select_rows
 from app.posts import service as posts
@@ -64,3 +67,108 @@ def test_an_error_is_sqlalchemys_and_the_connection_serves_on(app):
         db.session.rollback()
         assert select_rows(one_over, {"zero": 1})[0].q == 1
         db.session.remove()
+
+
+@contextlib.contextmanager
+def pool_traffic(engine):
+    """The statements the engine's cursor events see (each with the psycopg connection
+    and its autocommit then), and the pool's checkouts, checkins and invalidations, in
+    the block."""
+    seen = {"statements": [], "checkouts": 0, "checkins": 0, "invalidations": 0}
+
+    def statement(conn, _cursor, sql, *_args):
+        raw = conn.connection.dbapi_connection
+        seen["statements"].append((sql.split()[0], raw, raw.autocommit))
+
+    def checkout(*_args):
+        seen["checkouts"] += 1
+
+    def checkin(*_args):
+        seen["checkins"] += 1
+
+    def invalidate(*_args):
+        seen["invalidations"] += 1
+
+    listeners = [
+        ("before_cursor_execute", statement),
+        ("checkout", checkout),
+        ("checkin", checkin),
+        ("invalidate", invalidate),
+    ]
+    for name, listener in listeners:
+        event.listen(engine, name, listener)
+    try:
+        yield seen
+    finally:
+        for name, listener in listeners:
+            event.remove(engine, name, listener)
+
+
+@pytest.fixture
+def stored_author(app, committed):
+    with app.app_context():
+        author = UserFactory(bio="Reads fast.")
+        db.session.commit()
+        author_id = author.id
+        db.session.remove()
+    return author_id
+
+
+@pytest.mark.no_transaction
+def test_a_get_requests_first_read_borrows_a_pooled_connection_and_gives_it_back_as_it_was(app, stored_author):
+    with app.app_context():
+        engine = db.engine
+    with pool_traffic(engine) as seen, app.test_request_context(f"/api/v1/users/{stored_author}"):
+        (profile,) = select_rows(users._public_profile_stmt(), {"user_id": stored_author})
+        assert not db.session().in_transaction()  # the session took no connection
+        assert engine.pool.checkedout() == 0
+    assert (profile.id, profile.bio) == (stored_author, "Reads fast.")
+    assert (seen["checkouts"], seen["checkins"]) == (1, 1)
+    ((verb, raw, autocommit),) = seen["statements"]
+    assert (verb, autocommit) == ("SELECT", True)  # no BEGIN, no ROLLBACK
+    assert raw.autocommit is False  # back in the pool as the session's connections expect it
+
+
+@pytest.mark.no_transaction
+def test_a_read_after_the_session_took_its_connection_stays_on_that_one(app, stored_author):
+    with app.app_context():
+        engine = db.engine
+    with pool_traffic(engine) as seen, app.test_request_context(f"/api/v1/users/{stored_author}"):
+        db.session.execute(select(1))
+        rows = select_rows(users._public_profile_stmt(), {"user_id": stored_author})
+        assert engine.pool.checkedout() == 1
+        db.session.remove()
+    assert [row.id for row in rows] == [stored_author]
+    assert seen["checkouts"] == 1  # never two connections for one request
+    (_, first, _), (_, second, _) = seen["statements"]
+    assert second is first
+
+
+@pytest.mark.no_transaction
+def test_a_failing_read_on_a_borrowed_connection_is_sqlalchemys_error_and_the_pool_serves_on(app):
+    one_over = select(type_coerce(literal_column("1", Integer) / bindparam("zero", type_=Integer), Integer).label("q"))
+    with app.app_context():
+        engine = db.engine
+    with app.test_request_context("/api/v1/posts"):
+        with pool_traffic(engine) as seen, pytest.raises(DataError, match="division by zero"):
+            select_rows(one_over, {"zero": 0})
+        assert engine.pool.checkedout() == 0
+        ((_, raw, _),) = seen["statements"]
+        assert (raw.closed, raw.autocommit) == (False, False)
+        assert select_rows(one_over, {"zero": 1})[0].q == 1
+
+
+@pytest.mark.no_transaction
+def test_a_borrowed_connection_the_server_ends_is_dropped_from_the_pool(app):
+    ended = select(func.pg_terminate_backend(func.pg_backend_pid()).label("ended"))
+    backend = select(func.pg_backend_pid().label("pid"))
+    with app.app_context():
+        engine = db.engine
+    with app.test_request_context("/api/v1/posts"):
+        with pool_traffic(engine) as seen, pytest.raises(OperationalError) as raised:
+            select_rows(ended, {})
+        assert raised.value.connection_invalidated
+        ((_, raw, _),) = seen["statements"]
+        assert raw.closed and seen["invalidations"] == 1  # not handed out again
+        assert engine.pool.checkedout() == 0
+        assert select_rows(backend, {})[0].pid > 0  # the next read has a live connection
