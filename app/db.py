@@ -149,11 +149,23 @@ def commit_in_one_trip(*statements: tuple[ClauseElement, dict]) -> list:
 
     The statements go to psycopg, not through SQLAlchemy's execute (which sends one
     statement a query), but the engine's cursor events still see them (the write flag,
-    query counters), and errors are SQLAlchemy's. Inside a transaction already (a
-    test's), the statements are sent without BEGIN and COMMIT, and the session's commit
-    ends it.
+    query counters), and errors are SQLAlchemy's. When the session is in no transaction
+    (a write request's first statements), they go on a pooled connection borrowed for
+    them alone (`_borrowed`). Inside a transaction already (a test's, or a request's
+    that locked a row first), the statements are sent without BEGIN and COMMIT, and the
+    session's commit ends it.
     """
-    connection = db.session.connection()
+    session = db.session()
+    engine = _engine_to_borrow_from(session)
+    if engine is not None:
+        with _borrowed(engine) as connection:
+            return _one_trip(connection, statements)
+    rows = _one_trip(session.connection(), statements)
+    session.commit()  # ends the session's transaction (its connection's is over, or ends here)
+    return rows
+
+
+def _one_trip(connection, statements: tuple[tuple[ClauseElement, dict], ...]) -> list:
     raw = connection.connection.dbapi_connection
     cursor = psycopg.ClientCursor(raw, row_factory=namedtuple_row)
     sent = [_sql_and_params(_compiled(statement, connection.dialect), params) for statement, params in statements]
@@ -170,7 +182,6 @@ def commit_in_one_trip(*statements: tuple[ClauseElement, dict]) -> list:
                 if number:
                     cursor.nextset()
                 rows.append(cursor.fetchone() if cursor.description else None)
-    db.session.commit()  # ends the session's transaction (its connection's is over, or ends here)
     return rows
 
 
@@ -194,10 +205,9 @@ def select_rows(statement: SelectBase, params: dict) -> list:
     statement (as a SELECT), and errors are SQLAlchemy's.
     """
     session = db.session()
-    bind = None if session.in_transaction() else session.get_bind()
-    # an engine, not a connection (the tests' harness binds the session to one of its own)
-    if isinstance(bind, Engine) and bind.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-        with _borrowed(bind) as connection:
+    engine = _engine_to_borrow_from(session)
+    if engine is not None and engine.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        with _borrowed(engine) as connection:
             return _select_on(connection, statement, params)
     return _select_on(session.connection(), statement, params)
 
@@ -229,10 +239,22 @@ class _Borrowed:
         self.connection.invalidate(error)
 
 
+def _engine_to_borrow_from(session) -> Engine | None:
+    """The engine the session would take its connection from, when the session is in no
+    transaction (so holds no connection, and nothing to flush: adding or changing an
+    object begins one): statements may then run on a connection borrowed past it. None
+    otherwise, and when the session is bound to a connection rather than an engine (the
+    tests' harness binds it to one in a transaction of its own)."""
+    if session.in_transaction():
+        return None
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else None
+
+
 @contextlib.contextmanager
 def _borrowed(engine):
     """One of `engine`'s pooled connections in autocommit, given back to the pool as
-    it was (autocommit off) after the block."""
+    it was (no transaction, autocommit off) after the block."""
     try:
         pooled = engine.raw_connection()
     except psycopg.Error as error:  # no connection to be had: raised as SQLAlchemy's connect raises it
@@ -246,6 +268,8 @@ def _borrowed(engine):
     finally:
         if not raw.closed:
             try:
+                if raw.info.transaction_status != TransactionStatus.IDLE:
+                    raw.rollback()  # a query that began a transaction and failed in it
                 raw.autocommit = False
             except psycopg.Error as error:  # a connection that broke under the statement
                 pooled.invalidate(error)

@@ -5,16 +5,15 @@ for it alone and given back as it was."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Integer, PickleType, bindparam, column, event, func, literal_column, select, text, type_coerce
+from sqlalchemy import Integer, PickleType, bindparam, column, func, literal_column, select, text, type_coerce
 from sqlalchemy.exc import DataError, OperationalError
 
 from app.db import db, select_rows
 from app.posts import service as posts
 from app.users import service as users
+from tests.support.counting import pool_traffic
 from tests.support.factories import FollowFactory, PostFactory, UserFactory
 
 
@@ -67,41 +66,6 @@ def test_an_error_is_sqlalchemys_and_the_connection_serves_on(app):
         db.session.rollback()
         assert select_rows(one_over, {"zero": 1})[0].q == 1
         db.session.remove()
-
-
-@contextlib.contextmanager
-def pool_traffic(engine):
-    """The statements the engine's cursor events see (each with the psycopg connection
-    and its autocommit then), and the pool's checkouts, checkins and invalidations, in
-    the block."""
-    seen = {"statements": [], "checkouts": 0, "checkins": 0, "invalidations": 0}
-
-    def statement(conn, _cursor, sql, *_args):
-        raw = conn.connection.dbapi_connection
-        seen["statements"].append((sql.split()[0], raw, raw.autocommit))
-
-    def checkout(*_args):
-        seen["checkouts"] += 1
-
-    def checkin(*_args):
-        seen["checkins"] += 1
-
-    def invalidate(*_args):
-        seen["invalidations"] += 1
-
-    listeners = [
-        ("before_cursor_execute", statement),
-        ("checkout", checkout),
-        ("checkin", checkin),
-        ("invalidate", invalidate),
-    ]
-    for name, listener in listeners:
-        event.listen(engine, name, listener)
-    try:
-        yield seen
-    finally:
-        for name, listener in listeners:
-            event.remove(engine, name, listener)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Writes that send their statements and their COMMIT in one round trip
 (app/db.py commit_in_one_trip), as they run outside the test harness's transaction: a
-real BEGIN and COMMIT on a pooled connection, which is handed back as it was taken."""
+real BEGIN and COMMIT on a pooled connection (the session's, or one borrowed past it
+when the session holds none), which is handed back as it was taken."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import time
 
 import pytest
 from psycopg.pq import TransactionStatus
-from sqlalchemy import text
+from sqlalchemy import bindparam, text, update
 from sqlalchemy.exc import DataError, OperationalError
 
 from app.auth import revocation
 from app.db import commit_in_one_trip, db
 from app.errors import QUERY_CANCELED
+from app.models import User
+from tests.support.counting import pool_traffic
 from tests.support.factories import UserFactory
 from tests.support.sessions import open_session
 
@@ -193,3 +196,56 @@ def test_a_deleted_posts_request_ends_with_commit_keeping_prepared_statements(ap
         for name, listener in listeners.items():
             event.remove(engine, name, listener)
     assert ends == ["COMMIT", "COMMIT"]  # the delete's, then the followers' read
+
+
+BIO = update(User).where(User.id == bindparam("id")).values(bio=bindparam("bio")).returning(User.bio)
+BIO_OVER_ZERO = update(User).where(User.id == bindparam("id")).values(bio="x", post_count=User.post_count / 0)
+
+
+def bio_of(app, user_id: int) -> str:
+    with app.app_context():
+        bio = db.session.scalar(text("SELECT bio FROM users WHERE id = :id"), {"id": user_id})
+        db.session.remove()
+    return bio
+
+
+def test_a_write_requests_first_statements_go_on_a_borrowed_connection_with_their_commit(app, committed):
+    with app.app_context():
+        user_id, engine = UserFactory(bio="before").id, db.engine
+    with pool_traffic(engine) as seen, app.test_request_context("/api/v1/users/me", method="PATCH"):
+        (row,) = commit_in_one_trip((BIO, {"id": user_id, "bio": "after"}))
+        assert not db.session().in_transaction()  # the session took no connection
+        assert engine.pool.checkedout() == 0
+    assert row.bio == "after" and bio_of(app, user_id) == "after"
+    assert (seen["checkouts"], seen["checkins"]) == (1, 1)
+    ((verb, raw, autocommit),) = seen["statements"]
+    assert (verb, autocommit) == ("UPDATE", True)  # the query says BEGIN and COMMIT itself
+    assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
+
+
+def test_a_failing_write_on_a_borrowed_connection_writes_nothing_and_the_connection_serves_on(app, committed):
+    with app.app_context():
+        user_id, engine = UserFactory(bio="before").id, db.engine
+    with app.test_request_context(POSTS, method="POST"):
+        with pool_traffic(engine) as seen, pytest.raises(DataError, match="division by zero"):
+            commit_in_one_trip((BIO, {"id": user_id, "bio": "after"}), (BIO_OVER_ZERO, {"id": user_id}))
+        assert engine.pool.checkedout() == 0
+    ((_, raw, _), _) = seen["statements"]
+    assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
+    assert seen["invalidations"] == 0  # rolled back, not thrown away
+    assert bio_of(app, user_id) == "before"
+
+
+def test_a_session_with_something_to_flush_keeps_the_write_on_its_connection(app, committed):
+    """An object added to the session is flushed by the session's commit, as before:
+    the write does not go past the session."""
+    with app.app_context():
+        user_id = UserFactory(bio="before").id
+    with app.test_request_context(POSTS, method="POST"):
+        db.session.add(UserFactory.build(username="added_before_the_write"))
+        commit_in_one_trip((BIO, {"id": user_id, "bio": "after"}))
+        db.session.remove()
+    with app.app_context():
+        added = db.session.scalar(text("SELECT count(*) FROM users WHERE username = 'added_before_the_write'"))
+        db.session.remove()
+    assert (added, bio_of(app, user_id)) == (1, "after")
