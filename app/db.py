@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.engine import Compiled, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import NullPool
 
 # Stable constraint names, so migrations and error mapping can refer to them.
 NAMING = {
@@ -188,8 +189,9 @@ def _one_trip(connection, statements: tuple[tuple[ClauseElement, dict], ...]) ->
 def select_rows(statement: SelectBase, params: dict) -> list:
     """The rows (named tuples) of one SELECT, built once (module-level or cached), sent
     straight to psycopg: on the session's connection (in its transaction, if it has
-    one), or, when the session would read in autocommit and holds no connection yet (a
-    GET request's first read), on a pooled connection borrowed for this statement alone.
+    one), or, when the session would read in autocommit and is in no transaction (a GET
+    request's reads, with a pool of our own), on a pooled connection borrowed for this
+    statement alone.
 
     The hot reads use it (a cache miss, a page of ids, the followers to notify), where
     SQLAlchemy's execute and its result objects are a good part of the CPU a request
@@ -243,12 +245,14 @@ def _engine_to_borrow_from(session) -> Engine | None:
     """The engine the session would take its connection from, when the session is in no
     transaction (so holds no connection, and nothing to flush: adding or changing an
     object begins one): statements may then run on a connection borrowed past it. None
-    otherwise, and when the session is bound to a connection rather than an engine (the
-    tests' harness binds it to one in a transaction of its own)."""
+    otherwise; when the session is bound to a connection rather than an engine (the
+    tests' harness binds it to one in a transaction of its own); and when the engine
+    keeps no pool (behind PgBouncer each borrowing would open a connection, where the
+    session opens one for the whole request)."""
     if session.in_transaction():
         return None
     bind = session.get_bind()
-    return bind if isinstance(bind, Engine) else None
+    return bind if isinstance(bind, Engine) and not isinstance(bind.pool, NullPool) else None
 
 
 @contextlib.contextmanager

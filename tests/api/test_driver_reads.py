@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import pytest
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Integer, PickleType, bindparam, column, func, literal_column, select, text, type_coerce
+from sqlalchemy import Integer, PickleType, bindparam, column, event, func, literal_column, select, text, type_coerce
 from sqlalchemy.exc import DataError, OperationalError
 
+from app.config import engine_options
 from app.db import db, select_rows
+from app.factory import create_app
 from app.posts import service as posts
 from app.users import service as users
 from tests.support.counting import pool_traffic
@@ -136,3 +138,35 @@ def test_a_borrowed_connection_the_server_ends_is_dropped_from_the_pool(app):
         assert raw.closed and seen["invalidations"] == 1  # not handed out again
         assert engine.pool.checkedout() == 0
         assert select_rows(backend, {})[0].pid > 0  # the next read has a live connection
+
+
+@pytest.mark.no_transaction
+def test_behind_pgbouncer_a_get_requests_reads_share_the_sessions_one_connection(app, test_db_url):
+    """With no pool of our own (DB_PGBOUNCER), a borrowed connection would be a new one
+    for each read: the request's reads stay on the session's, opened once."""
+    behind = create_app(
+        {
+            "APP_ENV": "test",
+            "REDIS_URL": app.config["REDIS_URL"],
+            "DB_PGBOUNCER": True,
+            "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(hide_password=False),
+            "SQLALCHEMY_ENGINE_OPTIONS": engine_options(True),
+        }
+    )
+    one = select(literal_column("1", Integer).label("one"))
+    with behind.app_context():
+        engine = db.engine
+    opened = []
+
+    def connected(*_args):
+        opened.append(1)
+
+    event.listen(engine, "connect", connected)
+    try:
+        with behind.test_request_context("/api/v1/posts"):
+            assert [select_rows(one, {})[0].one for _ in range(3)] == [1, 1, 1]
+            db.session.remove()
+    finally:
+        event.remove(engine, "connect", connected)
+        engine.dispose()
+    assert len(opened) == 1
