@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -780,6 +781,7 @@ def median_of(runs: list[dict]) -> dict:
     row = {key: statistics.median([run[key] for run in runs]) for key in ("rps", "vs_ceiling", "p50", "p95", "p99")}
     row["socket_errors"] = sum(run["socket_errors"] for run in runs)
     row["status_errors"] = sum(run["status_errors"] for run in runs)
+    row["error_kinds"] = dict(sum((Counter(run.get("error_kinds", {})) for run in runs), Counter()))
     row["requests"] = sum(run["requests"] for run in runs)
     row["rps_range"] = (min(run["rps"] for run in runs), max(run["rps"] for run in runs))
     row["p95_range"] = (min(run["p95"] for run in runs), max(run["p95"] for run in runs))
@@ -787,6 +789,15 @@ def median_of(runs: list[dict]) -> dict:
     cpu = [run["cpu_us"] for run in runs if run["cpu_us"]]
     row["cpu_us"] = {group: statistics.median([c[group] for c in cpu]) for group in cpu[0]} if cpu else None
     return row
+
+
+def errors_cell(row: dict) -> str:
+    """The errors of all rounds, and what they were (wrk's kinds: an answer of status
+    400 or more, such as a 503, or a socket's timeout, read, write or connect error),
+    e.g. `1 (timeout 1)`."""
+    total = row["socket_errors"] + row["status_errors"]
+    kinds = ", ".join(f"{kind} {count}" for kind, count in row.get("error_kinds", {}).items() if count)
+    return f"{total} ({kinds})" if total and kinds else str(total)
 
 
 def python_speed() -> float:
@@ -832,7 +843,7 @@ def report(results: list[dict], hit_rate: float | None, machine: str, ceiling_re
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        errors = r["socket_errors"] + r["status_errors"]
+        errors = errors_cell(r)
         cpu = " / ".join(f"{v:,.0f}" for v in r["cpu_us"].values()) if r["cpu_us"] else "n/a"
         rps_range = "({:.0f}-{:.0f})".format(*r["rps_range"]) if ROUNDS > 1 else ""
         p95_range = "({:.1f}-{:.1f})".format(*(v / 1000 for v in r["p95_range"])) if ROUNDS > 1 else ""
@@ -921,7 +932,7 @@ def goal_lines(results: list[dict]) -> list[str]:
         lines.append(
             f"- cached reads beside a login flood, p95 under 50 ms and no errors: "
             f"{verdict(mixed_reads['p95'] < 50_000 and not errors)} ({mixed_reads['p95'] / 1000:.1f} ms, "
-            f"{errors} errors; logins meanwhile {mixed_logins['rps']:.0f}/s)"
+            f"errors {errors_cell(mixed_reads)}; logins meanwhile {mixed_logins['rps']:.0f}/s)"
         )
     return lines
 

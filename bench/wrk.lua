@@ -106,7 +106,9 @@ done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     '{"requests": %d, "duration_us": %d, "socket_errors": %d, "status_errors": %d, ' ..
+    '"error_kinds": {"connect": %d, "read": %d, "write": %d, "timeout": %d, "4xx/5xx": %d}, ' ..
     '"p50": %d, "p95": %d, "p99": %d}\n',
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    e.connect, e.read, e.write, e.timeout, e.status,
     latency:percentile(50), latency:percentile(95), latency:percentile(99)))
 end

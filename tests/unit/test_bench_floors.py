@@ -9,7 +9,16 @@ from sqlalchemy import text
 
 import bench.ceiling as floors
 from app.db import db
-from bench.run import CEILING, FLOOR_MISS, FLOOR_POST, ceiling_line, goal_lines, share_of_ceiling
+from bench.run import (
+    CEILING,
+    FLOOR_MISS,
+    FLOOR_POST,
+    ceiling_line,
+    errors_cell,
+    goal_lines,
+    median_of,
+    share_of_ceiling,
+)
 from tests.support.factories import FollowFactory, UserFactory
 
 pytestmark = pytest.mark.no_transaction
@@ -114,3 +123,16 @@ def test_the_report_says_how_the_ceiling_was_read():
     line = ceiling_line([2345.6, 5432.1, 4000.0])
     assert "3 readings" in line and "2,346-5,432 req/s" in line
     assert "once a round" in ceiling_line([])
+
+
+def _round(**errors) -> dict:
+    kinds = {kind: errors.get(kind, 0) for kind in ("connect", "read", "write", "timeout", "4xx/5xx")}
+    socket = sum(count for kind, count in kinds.items() if kind != "4xx/5xx")
+    figures = {"rps": 100.0, "vs_ceiling": 0.1, "p50": 1, "p95": 2, "p99": 3, "requests": 1000, "cpu_us": None}
+    return {**figures, "socket_errors": socket, "status_errors": kinds["4xx/5xx"], "error_kinds": kinds}
+
+
+def test_the_report_says_what_the_errors_of_the_rounds_were():
+    row = median_of([_round(timeout=1), _round(), _round(**{"4xx/5xx": 2, "timeout": 1})])
+    assert errors_cell(row) == "4 (timeout 2, 4xx/5xx 2)"
+    assert errors_cell(median_of([_round(), _round()])) == "0"
