@@ -1,7 +1,7 @@
 """The hot reads sent straight to psycopg (app/db.py select_rows): the same rows as
 SQLAlchemy's execute gives, seen by the engine's cursor events as reads, and errors
-as SQLAlchemy raises them; a GET request's first read on a pooled connection borrowed
-for it alone and given back as it was."""
+as SQLAlchemy raises them; a GET request's reads each on a pooled connection borrowed
+for it alone and given back as it was (with a pool of our own)."""
 
 from __future__ import annotations
 
