@@ -1,6 +1,6 @@
 """The database layer: SQLAlchemy's `db`, the model base every table derives from, the
-session that reads without a transaction, the bounded search block and the write sent
-with its COMMIT in one round trip, and the listeners on the engine (the pool's checkout
+session that reads without a transaction, the bounded search block and the write
+committed in its own round trip, and the listeners on the engine (the pool's checkout
 poll, noting writes). Models import this module and nothing else of the app."""
 
 from __future__ import annotations
@@ -134,64 +134,53 @@ def bounded_query(milliseconds: int):
             raw.execute(_UNBOUND)
 
 
-def commit_in_one_trip(*statements: tuple[ClauseElement, dict]) -> list:
-    """Run `statements` (each with its parameters) in order in the session's transaction,
-    then commit, in one round trip: the first row of each (a named tuple), or None.
+def commit_statement(statement: ClauseElement, params: dict):
+    """Run one writing statement and commit it, in one round trip: its first row (a named
+    tuple), or None.
 
-    A write that changes a counter holds its row's lock from its first statement to the
-    COMMIT. Sent one at a time, the statements and the COMMIT are three or four round
-    trips, and the Python between them (the result, the next statement) waits for the
-    CPU like every other thread: under load the lock is held for milliseconds, and every
-    other write to that row (the same author's posts, a follow of the same account)
-    queues behind it. Here BEGIN, the statements and COMMIT are one query string, which
-    PostgreSQL runs back to back (its simple protocol; psycopg's ClientCursor puts the
-    parameters in, quoted for this connection). A statement is compiled once: module-level
-    or cached ones, with no expanding IN lists; its parameters go to psycopg as they are.
+    A write that changes a counter holds its row's lock from its statement to its
+    COMMIT, and every other write to that row (the same author's posts, a follow of the
+    same account) queues behind it. In autocommit the statement is its own transaction:
+    PostgreSQL commits it as it ends, in the same round trip, with no Python in between
+    and no BEGIN before it. It goes to psycopg on the extended protocol, so psycopg
+    prepares it once it has run a few times on a connection (prepare_threshold), and
+    PostgreSQL no longer parses and plans it each time (docs/performance.md). A
+    statement is compiled once: module-level or cached ones, with no expanding IN lists;
+    its parameters go to psycopg as they are.
 
-    The statements go to psycopg, not through SQLAlchemy's execute (which sends one
-    statement a query), but the engine's cursor events still see them (the write flag,
-    query counters), and errors are SQLAlchemy's. When the session is in no transaction
-    (a write request's first statements), they go on a pooled connection borrowed for
-    them alone (`_borrowed`). Inside a transaction already (a test's, or a request's
-    that locked a row first), the statements are sent without BEGIN and COMMIT, and the
-    session's commit ends it.
+    The engine's cursor events still see it (the write flag, query counters), and errors
+    are SQLAlchemy's. When the session is in no transaction (a write request's first
+    statement), it goes on a pooled connection borrowed for it alone (`_borrowed`); on
+    the session's connection otherwise, where it runs in the session's transaction if
+    one is open (a test's, or a request's that locked a row first), which the session's
+    commit then ends.
     """
     session = db.session()
     engine = _engine_to_borrow_from(session)
     if engine is not None:
         with _borrowed(engine) as connection:
-            return _one_trip(connection, statements)
-    rows = _one_trip(session.connection(), statements)
+            return _commit_on(connection, statement, params)
+    row = _commit_on(session.connection(), statement, params)
     session.commit()  # ends the session's transaction (its connection's is over, or ends here)
-    return rows
+    return row
 
 
-def _one_trip(connection, statements: tuple[tuple[ClauseElement, dict], ...]) -> list:
+def _commit_on(connection, statement: ClauseElement, params: dict):
     raw = connection.connection.dbapi_connection
-    cursor = psycopg.ClientCursor(raw, row_factory=namedtuple_row)
-    sent = [_sql_and_params(_compiled(statement, connection.dialect), params) for statement, params in statements]
-    own_transaction = raw.info.transaction_status == TransactionStatus.IDLE
-    with _sent_to_the_driver(connection, cursor, sent, context=None):
-        parts = [cursor.mogrify(sql, params) for sql, params in sent]
-        query = ";\n".join(["BEGIN", *parts, "COMMIT"] if own_transaction else parts)
-        with _in_autocommit(raw):  # the query says where the transaction begins and ends
-            cursor.execute(query)
-            if own_transaction:
-                cursor.nextset()  # past BEGIN
-            rows = []
-            for number in range(len(parts)):
-                if number:
-                    cursor.nextset()
-                rows.append(cursor.fetchone() if cursor.description else None)
-    return rows
+    cursor = raw.cursor(row_factory=namedtuple_row)
+    sent = [_sql_and_params(_compiled(statement, connection.dialect), params)]
+    with _sent_to_the_driver(connection, cursor, sent, context=None), _in_autocommit(raw):
+        cursor.execute(*sent[0])
+        return cursor.fetchone() if cursor.description else None
 
 
 def select_rows(statement: SelectBase, params: dict) -> list:
     """The rows (named tuples) of one SELECT, built once (module-level or cached), sent
-    straight to psycopg: on the session's connection (in its transaction, if it has
-    one), or, when the session would read in autocommit and is in no transaction (a GET
-    request's reads, with a pool of our own), on a pooled connection borrowed for this
-    statement alone.
+    straight to psycopg: on the session's connection when it is in a transaction (and
+    then in it), or else, with a pool of our own, on a pooled connection borrowed for
+    this statement alone, in autocommit (a GET request's reads; a write request's reads
+    before its first write or after its commit, which see what a new transaction's first
+    statement would).
 
     The hot reads use it (a cache miss, a page of ids, the followers to notify), where
     SQLAlchemy's execute and its result objects are a good part of the CPU a request
@@ -203,12 +192,13 @@ def select_rows(statement: SelectBase, params: dict) -> list:
 
     What comes back is psycopg's own values, so every column must be of a type that
     SQLAlchemy passes through unconverted (numbers, text, times, arrays of those);
-    `_plain_columns` refuses any other. The engine's cursor events still see the
+    `_plain_columns` refuses any other, and a locking read (FOR UPDATE / SHARE), whose
+    lock would end with its statement on a borrowed connection. The engine's cursor events still see the
     statement (as a SELECT), and errors are SQLAlchemy's.
     """
     session = db.session()
     engine = _engine_to_borrow_from(session)
-    if engine is not None and engine.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+    if engine is not None:
         with _borrowed(engine) as connection:
             return _select_on(connection, statement, params)
     return _select_on(session.connection(), statement, params)
@@ -293,7 +283,9 @@ class _SelectSent:
 @functools.lru_cache(maxsize=256)
 def _plain_columns(statement: SelectBase, dialect) -> Compiled:
     """The statement compiled, once it is known that none of its columns needs
-    SQLAlchemy's conversion of the driver's values."""
+    SQLAlchemy's conversion of the driver's values, nor locks what it reads."""
+    if getattr(statement, "_for_update_arg", None) is not None:
+        raise TypeError("select_rows() does not lock: read the rows in the session's transaction")
     for column in statement.selected_columns:
         kind = column.type
         if isinstance(kind, ARRAY) and kind.dimensions in (None, 1):  # psycopg's is a list too

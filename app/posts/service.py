@@ -32,7 +32,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import contains_eager
 
 from app import cache, queue
-from app.db import bounded_query, commit_in_one_trip, db, select_rows
+from app.db import bounded_query, commit_statement, db, select_rows
 from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, account_gone, check_version
 from app.mail import smtp
 from app.models import Follow, Post, Role, User
@@ -311,12 +311,7 @@ def _pulled(follower_count: int) -> bool:
 
 
 # the author's follower count, and their followers while under the threshold: one round
-# trip. A new post reads it in its own transaction, after the statement that updated the
-# author's row (the post counter), so it misses no one who follows meanwhile: a follow
-# updates the same row (the follower counter), so it either committed before that lock
-# was had (and this later statement sees it) or waits for this commit (and its own cache
-# drop comes after the change). A statement's snapshot is taken before it waits for a
-# lock: the insert's own statement would miss such a follow.
+# trip, after the commit of the change (posts_changed)
 _FOLLOWERS_TO_NOTIFY = text("""
 SELECT u.follower_count, coalesce(f.ids, '{}') AS followers FROM users u LEFT JOIN LATERAL (
     SELECT array_agg(follower_id) AS ids FROM follows
@@ -384,14 +379,13 @@ _CREATE = text("""
 WITH author AS (
     UPDATE users SET post_count = post_count + 1
     WHERE id = :author AND is_active AND (email_verified OR NOT :must_verify)
-    RETURNING id, username, display_name, follower_count
+    RETURNING id, username, display_name
 ), post AS (
     INSERT INTO posts (author_id, title, body)
     SELECT id, :title, :body FROM author
     RETURNING id, title, body, version, created_at, updated_at
 )
-SELECT post.*, author.id AS author_id, author.username, author.display_name,
-       author.follower_count AS author_follower_count
+SELECT post.*, author.id AS author_id, author.username, author.display_name
 FROM post, author
 """)
 
@@ -411,21 +405,16 @@ def create_post(author_id: int, title: str, body: str) -> dict | None:
     when `author_id` is not an active account, 403 when posting needs a verified email
     and the author's is not (nothing is written either way).
 
-    One statement writes the post, counts it and returns what the 201 shows; the next
-    reads the followers to notify (_FOLLOWERS_TO_NOTIFY: why a statement of its own);
-    the two and the COMMIT go in one round trip."""
+    One statement writes the post, counts it and returns what the 201 shows, committed
+    in its round trip; the followers to notify are read after it (posts_changed)."""
     must_verify = posting_needs_verified_email()
     params = {"author": author_id, "title": title, "body": body, "must_verify": must_verify}
-    threshold = current_app.config["FEED_PULL_THRESHOLD"]
-    row, notify = commit_in_one_trip(
-        (_CREATE, params), (_FOLLOWERS_TO_NOTIFY, {"author": author_id, "threshold": threshold})
-    )
+    row = commit_statement(_CREATE, params)
     if row is None:  # nothing was written
         if must_verify and is_active(author_id):
             raise Forbidden(UNVERIFIED_EMAIL)
         return None
-    follower_count, followers = notify
-    _posts_changed(author_id, None if _pulled(follower_count) else followers, cache.profile_key(author_id))
+    posts_changed(author_id, cache.profile_key(author_id))
     return _post_dict(row)
 
 
@@ -434,7 +423,6 @@ _AUTHOR_COLUMNS = (("id", "author_id"), ("username", "username"), ("display_name
 
 def _post_dict(row) -> dict:
     post = row._asdict()
-    post.pop("author_follower_count", None)
     post["author"] = {name: post.pop(column) for name, column in _AUTHOR_COLUMNS}
     return post
 
@@ -462,16 +450,16 @@ def update_post(post_id: int, actor_id: int, changes: dict, expected_versions: C
     one expected (None: any); the post as stored, with its author's summary.
 
     One UPDATE does it all when it may (READ COMMITTED checks its conditions again on
-    the row it waited for), sent with its COMMIT in one round trip; only when it changed
+    the row it waited for), committed in its round trip; only when it changed
     nothing is the post read, locked, to say why (404, 403, 412), or changed if it may be
     after all."""
     stmt = _update_post_stmt(tuple(sorted(changes)), expected_versions is not None)
     params = {"post": post_id, "actor": actor_id, "expected": list(expected_versions or ()), **changes}
-    (row,) = commit_in_one_trip((stmt, params))
+    row = commit_statement(stmt, params)
     if row is None:  # nothing was written
         post = _editable(post_id, _actor(actor_id))
         check_version(expected_versions, post.version)
-        (row,) = commit_in_one_trip((stmt, params))
+        row = commit_statement(stmt, params)
         if row is None:  # pragma: no cover  (the row is locked and was just checked)
             raise NotFound(f"No post with id {post_id}.")
     cache.invalidate(cache.post_key(post_id), cache.recent_posts_key(row.author_id))

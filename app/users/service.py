@@ -11,7 +11,7 @@ from sqlalchemy import BigInteger, any_, bindparam, cast, func, or_, select, tex
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from app import cache, queue
-from app.db import commit_in_one_trip, db, select_rows
+from app.db import commit_statement, db, select_rows
 from app.errors import NotFound, ValidationFailed, check_version
 from app.jobs import service as jobs
 from app.models import Follow, Job, JobKind, Post, User
@@ -151,10 +151,10 @@ def update_profile(user_id: int, changes: dict, expected_versions: Collection[in
     expected (None: any). The profile as stored; None when the account is gone.
 
     One UPDATE, which locks the row first (the sub-select) to know the name it had, and
-    checks the version on the row it locked; it and the COMMIT go in one round trip."""
+    checks the version on the row it locked; committed in its round trip."""
     stmt = _update_profile_stmt(tuple(sorted(changes)), expected_versions is not None)
     params = {"user": user_id, "expected": list(expected_versions or ()), **changes}
-    (row,) = commit_in_one_trip((stmt, params))
+    row = commit_statement(stmt, params)
     if row is None:  # nothing was written; why: gone, or another version
         user = db.session.get(User, user_id, populate_existing=True)
         active, version = (user.is_active, user.version) if user is not None else (False, None)
@@ -269,7 +269,7 @@ def unfollow(follower_id: int, followed_id: int) -> bool:
 
 def _change_follow(stmt, follower_id: int, followed_id: int, delta: int) -> bool:
     params = {"follower": follower_id, "followed": followed_id, "delta": delta}
-    ((follower_ok, followed_ok, changed),) = commit_in_one_trip((stmt, params))
+    follower_ok, followed_ok, changed = commit_statement(stmt, params)
     if not (follower_ok and followed_ok):  # nothing was written
         if not follower_ok:
             return False

@@ -1,7 +1,7 @@
 """The hot reads sent straight to psycopg (app/db.py select_rows): the same rows as
 SQLAlchemy's execute gives, seen by the engine's cursor events as reads, and errors
-as SQLAlchemy raises them; a GET request's reads each on a pooled connection borrowed
-for it alone and given back as it was (with a pool of our own)."""
+as SQLAlchemy raises them; a read outside the session's transaction on a pooled
+connection borrowed for it alone and given back as it was (with a pool of our own)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,12 @@ def test_the_hot_reads_get_the_rows_sqlalchemy_would_give(app):
     assert (profile.bio, profile.post_count, profile.follower_count) == ("Writes things.", 3, 3)
 
 
+def test_a_locking_read_is_refused():
+    """Its lock would end with its statement on a borrowed connection."""
+    with pytest.raises(TypeError, match="does not lock"):
+        select_rows(select(literal_column("1", Integer).label("one")).with_for_update(), {})
+
+
 def test_a_column_that_sqlalchemy_would_convert_is_refused():
     with pytest.raises(TypeError, match="cannot return"):
         select_rows(select(column("settings", PickleType)).select_from(text("users")), {})
@@ -60,10 +66,10 @@ def test_the_statement_is_counted_like_any_other(count_queries):
 def test_an_error_is_sqlalchemys_and_the_connection_serves_on(app):
     one_over = select(type_coerce(literal_column("1", Integer) / bindparam("zero", type_=Integer), Integer).label("q"))
     with app.test_request_context("/api/v1/posts", method="POST"):
+        raw = db.session.connection().connection.dbapi_connection  # in the session's transaction
         with pytest.raises(DataError, match="division by zero") as raised:
             select_rows(one_over, {"zero": 0})
         assert "%(zero)s" in raised.value.statement  # the SQL, not the values
-        raw = db.session.connection().connection.dbapi_connection
         assert raw.info.transaction_status == TransactionStatus.INERROR
         db.session.rollback()
         assert select_rows(one_over, {"zero": 1})[0].q == 1
@@ -93,6 +99,23 @@ def test_a_get_requests_first_read_borrows_a_pooled_connection_and_gives_it_back
     ((verb, raw, autocommit),) = seen["statements"]
     assert (verb, autocommit) == ("SELECT", True)  # no BEGIN, no ROLLBACK
     assert raw.autocommit is False  # back in the pool as the session's connections expect it
+
+
+@pytest.mark.no_transaction
+def test_a_write_requests_read_outside_its_transaction_borrows_a_connection_too(app, stored_author):
+    """Before a write request opens its transaction, or after its commit (the followers a
+    new post notifies), a read sees what a new transaction's first statement would."""
+    with app.app_context():
+        engine = db.engine
+    with pool_traffic(engine) as seen, app.test_request_context("/api/v1/posts", method="POST"):
+        (profile,) = select_rows(users._public_profile_stmt(), {"user_id": stored_author})
+        assert not db.session().in_transaction()
+        assert engine.pool.checkedout() == 0
+    assert profile.id == stored_author
+    assert (seen["checkouts"], seen["checkins"]) == (1, 1)
+    ((verb, raw, autocommit),) = seen["statements"]
+    assert (verb, autocommit) == ("SELECT", True)
+    assert raw.autocommit is False
 
 
 @pytest.mark.no_transaction

@@ -1,7 +1,7 @@
-"""Writes that send their statements and their COMMIT in one round trip
-(app/db.py commit_in_one_trip), as they run outside the test harness's transaction: a
-real BEGIN and COMMIT on a pooled connection (the session's, or one borrowed past it
-when the session holds none), which is handed back as it was taken."""
+"""Writes that are one statement committed in its own round trip (app/db.py
+commit_statement), as they run outside the test harness's transaction: in autocommit on
+a pooled connection (the session's, or one borrowed past it when the session holds
+none), which is handed back as it was taken."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, text, update
 from sqlalchemy.exc import DataError, OperationalError
 
 from app.auth import revocation
-from app.db import commit_in_one_trip, db
+from app.db import commit_statement, db
 from app.errors import QUERY_CANCELED
 from app.models import User
 from tests.support.counting import pool_traffic
@@ -82,16 +82,26 @@ def sent_while_blocked(app, client, user_id: int, fragment: str, method: str, ur
     return query, answers[0]
 
 
-def test_a_new_post_reaches_postgresql_with_its_commit(app, committed, client):
-    """While the post waits for its author's row (locked here), PostgreSQL already holds
-    the whole write: BEGIN, the statements and COMMIT. Sent one at a time, the server
-    would hold only the first, and the row lock would then be kept over two more round
-    trips and whatever the web worker did in between."""
+def statement_alone(query: str) -> bool:
+    """Whether a query is one statement, with no BEGIN before it nor COMMIT after it."""
+    parts = [part for part in query.split(";") if part.strip()]
+    return len(parts) == 1 and parts[0].split()[0] not in ("BEGIN", "COMMIT")
+
+
+def test_a_new_post_is_one_statement_committed_as_it_ends(app, committed, client):
+    """While the post waits for its author's row (locked here), PostgreSQL holds the
+    statement alone (no BEGIN, no COMMIT), sent in autocommit: PostgreSQL commits it as
+    it ends, so the row lock is not kept over another round trip and whatever the web
+    worker does in between."""
     author_id, headers = signed_in(app, client)
+    with app.app_context():
+        engine = db.engine
     body = {"title": "t", "body": "b"}
-    query, answer = sent_while_blocked(app, client, author_id, "INSERT INTO posts", "POST", POSTS, body, headers)
-    statements = [part.strip().split()[0] for part in query.split(";\n")]
-    assert statements == ["BEGIN", "WITH", "SELECT", "COMMIT"], query
+    with pool_traffic(engine) as seen:
+        query, answer = sent_while_blocked(app, client, author_id, "INSERT INTO posts", "POST", POSTS, body, headers)
+    assert statement_alone(query) and query.lstrip().startswith("WITH"), query
+    writes = [autocommit for verb, _, autocommit in seen["statements"] if verb == "WITH"]
+    assert writes == [True]
     assert answer.status_code == 201, answer.get_json()
     with app.app_context():
         stored = db.session.execute(
@@ -104,16 +114,18 @@ def test_a_new_post_reaches_postgresql_with_its_commit(app, committed, client):
     assert tuple(stored) == (1, 1)
 
 
-def test_a_follow_and_a_profile_change_go_with_their_commit_too(app, committed, client):
+def test_a_follow_and_a_profile_change_are_one_statement_each_too(app, committed, client):
     follower_id, headers = signed_in(app, client)
     with app.app_context():
-        followed_id = UserFactory().id
-    for method, url, body, fragment in [
-        ("PUT", f"/api/v1/users/{followed_id}/follow", None, "INSERT INTO follows"),
-        ("PATCH", "/api/v1/users/me", {"bio": "changed"}, "UPDATE users SET"),
+        followed_id, engine = UserFactory().id, db.engine
+    for method, url, body, fragment, verb in [
+        ("PUT", f"/api/v1/users/{followed_id}/follow", None, "INSERT INTO follows", "WITH"),
+        ("PATCH", "/api/v1/users/me", {"bio": "changed"}, "UPDATE users SET", "UPDATE"),
     ]:
-        query, answer = sent_while_blocked(app, client, follower_id, fragment, method, url, body, headers)
-        assert query.startswith("BEGIN;") and query.rstrip().endswith("COMMIT"), query
+        with pool_traffic(engine) as seen:
+            query, answer = sent_while_blocked(app, client, follower_id, fragment, method, url, body, headers)
+        assert statement_alone(query), query
+        assert [autocommit for sent, _, autocommit in seen["statements"] if sent == verb] == [True]
         assert answer.status_code in (200, 204), answer.get_json()
     with app.app_context():
         row = db.session.execute(
@@ -123,7 +135,7 @@ def test_a_follow_and_a_profile_change_go_with_their_commit_too(app, committed, 
 
 
 def test_text_full_of_sql_and_quoting_is_stored_as_sent(app, committed, client):
-    """The parameters are put into the query by psycopg, quoted for the connection."""
+    """The parameters travel apart from the statement (psycopg's extended protocol)."""
     _, headers = signed_in(app, client)
     title = "'; DROP TABLE posts; -- \\' \" %s %(title)s $$ $1"
     body = "E'\\n' \\x00 back\\slash 100% ;\nCOMMIT; ROLLBACK; \U0001f600 \u00e9\u0301 {} ::text"
@@ -142,44 +154,43 @@ def test_a_statement_that_fails_writes_nothing_and_the_connection_is_left_as_it_
     with app.test_request_context(POSTS, method="POST"):
         raw = db.session.connection().connection.dbapi_connection
         assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
-        change = text("UPDATE users SET bio = 'after' WHERE id = :id")
+        failing = text("UPDATE users SET bio = 'after' WHERE id = :id AND 1 / :zero = 1")
         with pytest.raises(DataError, match="division by zero"):
-            commit_in_one_trip((change, {"id": user_id}), (text("SELECT 1 / :zero"), {"zero": 0}))
+            commit_statement(failing, {"id": user_id, "zero": 0})
         assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
         db.session.rollback()
         assert db.session.scalar(text("SELECT bio FROM users WHERE id = :id"), {"id": user_id}) == "before"
         # the same connection writes again, and commits
-        assert commit_in_one_trip((change, {"id": user_id}), (text("SELECT 1 AS one"), {})) == [None, (1,)]
+        change = text("UPDATE users SET bio = 'after' WHERE id = :id RETURNING bio")
+        assert commit_statement(change, {"id": user_id}) == ("after",)
         assert db.session.scalar(text("SELECT bio FROM users WHERE id = :id"), {"id": user_id}) == "after"
         db.session.remove()
 
 
 def test_a_write_stopped_by_its_timeout_is_the_503_kind_of_error(app, committed):
     """A statement cut off by statement_timeout comes out as SQLAlchemy's OperationalError
-    with PostgreSQL's code (app/errors.py answers it 503), and nothing of the query stays."""
+    with PostgreSQL's code (app/errors.py answers it 503), and nothing of it stays."""
     with app.app_context():
         user_id = UserFactory(bio="before").id
     with app.test_request_context(POSTS, method="POST"):
+        db.session.execute(text("SET statement_timeout = 50"))  # until the rollback below
         raw = db.session.connection().connection.dbapi_connection
-        change = text("UPDATE users SET bio = 'after' WHERE id = :id")
+        change = text("UPDATE users SET bio = 'after' WHERE id = :id AND pg_sleep(2) IS NOT NULL")
         with pytest.raises(OperationalError) as stopped:
-            commit_in_one_trip(
-                (text("SET LOCAL statement_timeout = 50"), {}),
-                (change, {"id": user_id}),
-                (text("SELECT pg_sleep(2)"), {}),
-            )
+            commit_statement(change, {"id": user_id})
         assert stopped.value.orig.sqlstate == QUERY_CANCELED
-        assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
+        assert raw.info.transaction_status == TransactionStatus.INERROR
         db.session.rollback()
+        assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
         assert db.session.scalar(text("SELECT bio FROM users WHERE id = :id"), {"id": user_id}) == "before"
         assert db.session.scalar(text("SHOW statement_timeout")) == "15s"
         db.session.remove()
 
 
 def test_a_deleted_posts_request_ends_with_commit_keeping_prepared_statements(app, committed, client):
-    """After the delete commits, the followers whose feed pages it drops are read in a
-    transaction of their own; as it only read, it ends with COMMIT (a ROLLBACK would
-    make psycopg drop every prepared statement of the connection)."""
+    """After the delete commits, the followers whose feed pages it drops are read in
+    autocommit (a borrowed connection): the request ends with the delete's COMMIT, and
+    no ROLLBACK makes psycopg drop every prepared statement of the connection."""
     from sqlalchemy import event
 
     _author_id, headers = signed_in(app, client)
@@ -191,11 +202,13 @@ def test_a_deleted_posts_request_ends_with_commit_keeping_prepared_statements(ap
     for name, listener in listeners.items():
         event.listen(engine, name, listener)
     try:
-        assert client.delete(f"{POSTS}/{post_id}", headers=headers).status_code == 204
+        with pool_traffic(engine) as seen:
+            assert client.delete(f"{POSTS}/{post_id}", headers=headers).status_code == 204
     finally:
         for name, listener in listeners.items():
             event.remove(engine, name, listener)
-    assert ends == ["COMMIT", "COMMIT"]  # the delete's, then the followers' read
+    assert ends == ["COMMIT"]  # the delete's
+    assert ("SELECT", True) in [(verb, autocommit) for verb, _, autocommit in seen["statements"]]
 
 
 BIO = update(User).where(User.id == bindparam("id")).values(bio=bindparam("bio")).returning(User.bio)
@@ -209,17 +222,17 @@ def bio_of(app, user_id: int) -> str:
     return bio
 
 
-def test_a_write_requests_first_statements_go_on_a_borrowed_connection_with_their_commit(app, committed):
+def test_a_write_requests_statement_goes_on_a_borrowed_connection_in_autocommit(app, committed):
     with app.app_context():
         user_id, engine = UserFactory(bio="before").id, db.engine
     with pool_traffic(engine) as seen, app.test_request_context("/api/v1/users/me", method="PATCH"):
-        (row,) = commit_in_one_trip((BIO, {"id": user_id, "bio": "after"}))
+        row = commit_statement(BIO, {"id": user_id, "bio": "after"})
         assert not db.session().in_transaction()  # the session took no connection
         assert engine.pool.checkedout() == 0
     assert row.bio == "after" and bio_of(app, user_id) == "after"
     assert (seen["checkouts"], seen["checkins"]) == (1, 1)
     ((verb, raw, autocommit),) = seen["statements"]
-    assert (verb, autocommit) == ("UPDATE", True)  # the query says BEGIN and COMMIT itself
+    assert (verb, autocommit) == ("UPDATE", True)  # committed as it ends
     assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
 
 
@@ -228,9 +241,9 @@ def test_a_failing_write_on_a_borrowed_connection_writes_nothing_and_the_connect
         user_id, engine = UserFactory(bio="before").id, db.engine
     with app.test_request_context(POSTS, method="POST"):
         with pool_traffic(engine) as seen, pytest.raises(DataError, match="division by zero"):
-            commit_in_one_trip((BIO, {"id": user_id, "bio": "after"}), (BIO_OVER_ZERO, {"id": user_id}))
+            commit_statement(BIO_OVER_ZERO, {"id": user_id})
         assert engine.pool.checkedout() == 0
-    ((_, raw, _), _) = seen["statements"]
+    ((_, raw, _),) = seen["statements"]
     assert not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
     assert seen["invalidations"] == 0  # rolled back, not thrown away
     assert bio_of(app, user_id) == "before"
@@ -243,9 +256,32 @@ def test_a_session_with_something_to_flush_keeps_the_write_on_its_connection(app
         user_id = UserFactory(bio="before").id
     with app.test_request_context(POSTS, method="POST"):
         db.session.add(UserFactory.build(username="added_before_the_write"))
-        commit_in_one_trip((BIO, {"id": user_id, "bio": "after"}))
+        commit_statement(BIO, {"id": user_id, "bio": "after"})
         db.session.remove()
     with app.app_context():
         added = db.session.scalar(text("SELECT count(*) FROM users WHERE username = 'added_before_the_write'"))
         db.session.remove()
     assert (added, bio_of(app, user_id)) == (1, "after")
+
+
+def test_a_write_run_often_is_prepared_on_its_connection(app, committed):
+    """psycopg prepares a statement it has run a few times on a connection: PostgreSQL
+    then neither parses nor plans the write again there."""
+    with app.app_context():
+        user_id, engine = UserFactory(bio="before").id, db.engine
+    runs: dict = {}
+    with pool_traffic(engine) as seen, app.test_request_context("/api/v1/users/me", method="PATCH"):
+        for number in range(60):
+            commit_statement(BIO, {"id": user_id, "bio": f"edit {number}"})
+            (_, raw, _) = seen["statements"][-1]
+            runs[raw] = runs.get(raw, 0) + 1
+            if runs[raw] > raw.prepare_threshold:
+                break
+    assert runs[raw] > raw.prepare_threshold, runs
+    raw.autocommit = True  # idle in the pool: asked here, outside any transaction
+    try:
+        prepared = raw.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+    finally:
+        raw.autocommit = False
+    assert any(statement.startswith("UPDATE users SET bio") for (statement,) in prepared), prepared
+    assert bio_of(app, user_id) == f"edit {number}"
