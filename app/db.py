@@ -169,7 +169,7 @@ def _commit_on(connection, statement: ClauseElement, params: dict):
     raw = connection.connection.dbapi_connection
     cursor = raw.cursor(row_factory=namedtuple_row)
     sent = [_sql_and_params(_compiled(statement, connection.dialect), params)]
-    with _sent_to_the_driver(connection, cursor, sent, context=None), _in_autocommit(raw):
+    with _in_autocommit(raw), _sent_to_the_driver(connection, cursor, sent, context=None):
         cursor.execute(*sent[0])
         return cursor.fetchone() if cursor.description else None
 
@@ -180,7 +180,9 @@ def select_rows(statement: SelectBase, params: dict) -> list:
     then in it), or else, with a pool of our own, on a pooled connection borrowed for
     this statement alone, in autocommit (a GET request's reads; a write request's reads
     before its first write or after its commit, which see what a new transaction's first
-    statement would).
+    statement would). On the session's connection too, a read that would be the first
+    statement of its transaction runs in autocommit (behind PgBouncer, where nothing is
+    borrowed): no BEGIN round trip before it, and no COMMIT to send after it.
 
     The hot reads use it (a cache miss, a page of ids, the followers to notify), where
     SQLAlchemy's execute and its result objects are a good part of the CPU a request
@@ -209,7 +211,7 @@ def _select_on(connection, statement: SelectBase, params: dict) -> list:
     cursor = raw.cursor(row_factory=namedtuple_row)
     form = _plain_columns(statement, connection.dialect)
     sent = [_sql_and_params(form, params)]
-    with _sent_to_the_driver(connection, cursor, sent, context=_SelectSent(form)):
+    with _in_autocommit(raw), _sent_to_the_driver(connection, cursor, sent, context=_SelectSent(form)):
         return cursor.execute(*sent[0]).fetchall()
 
 

@@ -66,7 +66,8 @@ def test_the_statement_is_counted_like_any_other(count_queries):
 def test_an_error_is_sqlalchemys_and_the_connection_serves_on(app):
     one_over = select(type_coerce(literal_column("1", Integer) / bindparam("zero", type_=Integer), Integer).label("q"))
     with app.test_request_context("/api/v1/posts", method="POST"):
-        raw = db.session.connection().connection.dbapi_connection  # in the session's transaction
+        db.session.execute(select(1))  # the session's transaction begun: the read runs in it
+        raw = db.session.connection().connection.dbapi_connection
         with pytest.raises(DataError, match="division by zero") as raised:
             select_rows(one_over, {"zero": 0})
         assert "%(zero)s" in raised.value.statement  # the SQL, not the values
@@ -193,3 +194,31 @@ def test_behind_pgbouncer_a_get_requests_reads_share_the_sessions_one_connection
         event.remove(engine, "connect", connected)
         engine.dispose()
     assert len(opened) == 1
+
+
+@pytest.mark.no_transaction
+def test_behind_pgbouncer_a_write_requests_first_read_opens_no_transaction(app, test_db_url):
+    """On the session's connection, a read that would begin its transaction runs in
+    autocommit: no BEGIN round trip before it, and nothing left to commit after it (a
+    new post's followers, read after its commit)."""
+    behind = create_app(
+        {
+            "APP_ENV": "test",
+            "REDIS_URL": app.config["REDIS_URL"],
+            "DB_PGBOUNCER": True,
+            "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(hide_password=False),
+            "SQLALCHEMY_ENGINE_OPTIONS": engine_options(True),
+        }
+    )
+    one = select(literal_column("1", Integer).label("one"))
+    with behind.app_context():
+        engine = db.engine
+    try:
+        with pool_traffic(engine) as seen, behind.test_request_context("/api/v1/posts", method="POST"):
+            assert select_rows(one, {})[0].one == 1
+            raw = db.session.connection().connection.dbapi_connection
+            assert raw.info.transaction_status == TransactionStatus.IDLE and not raw.autocommit
+            db.session.remove()
+    finally:
+        engine.dispose()
+    assert [(verb, autocommit) for verb, _, autocommit in seen["statements"]] == [("SELECT", True)]

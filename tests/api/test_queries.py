@@ -202,7 +202,7 @@ def _select_rows_past_sqlalchemys_execute(user_id):
 
     from app.db import select_rows
 
-    db.session.connection()  # the session's transaction begun: the read runs in it
+    _select_user(user_id)  # the transaction begun on the server: the read runs in it
     select_rows(select(User.id).where(User.id == bindparam("id")), {"id": user_id})
 
 
