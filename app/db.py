@@ -195,8 +195,8 @@ def select_rows(statement: SelectBase, params: dict) -> list:
     What comes back is psycopg's own values, so every column must be of a type that
     SQLAlchemy passes through unconverted (numbers, text, times, arrays of those);
     `_plain_columns` refuses any other, and a locking read (FOR UPDATE / SHARE), whose
-    lock would end with its statement on a borrowed connection. The engine's cursor events still see the
-    statement (as a SELECT), and errors are SQLAlchemy's.
+    lock would end with its statement on a borrowed connection. The engine's cursor
+    events still see the statement (as a SELECT), and errors are SQLAlchemy's.
     """
     session = db.session()
     engine = _engine_to_borrow_from(session)

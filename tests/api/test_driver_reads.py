@@ -164,10 +164,12 @@ def test_a_borrowed_connection_the_server_ends_is_dropped_from_the_pool(app):
         assert select_rows(backend, {})[0].pid > 0  # the next read has a live connection
 
 
-@pytest.mark.no_transaction
-def test_behind_pgbouncer_a_get_requests_reads_share_the_sessions_one_connection(app, test_db_url):
-    """With no pool of our own (DB_PGBOUNCER), a borrowed connection would be a new one
-    for each read: the request's reads stay on the session's, opened once."""
+ONE = select(literal_column("1", Integer).label("one"))
+
+
+@pytest.fixture
+def behind_pgbouncer(app, test_db_url):
+    """The app with PgBouncer's settings (DB_PGBOUNCER: no pool of our own), and its engine."""
     behind = create_app(
         {
             "APP_ENV": "test",
@@ -177,9 +179,17 @@ def test_behind_pgbouncer_a_get_requests_reads_share_the_sessions_one_connection
             "SQLALCHEMY_ENGINE_OPTIONS": engine_options(True),
         }
     )
-    one = select(literal_column("1", Integer).label("one"))
     with behind.app_context():
         engine = db.engine
+    yield behind, engine
+    engine.dispose()
+
+
+@pytest.mark.no_transaction
+def test_behind_pgbouncer_a_get_requests_reads_share_the_sessions_one_connection(behind_pgbouncer):
+    """With no pool of our own (DB_PGBOUNCER), a borrowed connection would be a new one
+    for each read: the request's reads stay on the session's, opened once."""
+    behind, engine = behind_pgbouncer
     opened = []
 
     def connected(*_args):
@@ -188,37 +198,22 @@ def test_behind_pgbouncer_a_get_requests_reads_share_the_sessions_one_connection
     event.listen(engine, "connect", connected)
     try:
         with behind.test_request_context("/api/v1/posts"):
-            assert [select_rows(one, {})[0].one for _ in range(3)] == [1, 1, 1]
+            assert [select_rows(ONE, {})[0].one for _ in range(3)] == [1, 1, 1]
             db.session.remove()
     finally:
         event.remove(engine, "connect", connected)
-        engine.dispose()
     assert len(opened) == 1
 
 
 @pytest.mark.no_transaction
-def test_behind_pgbouncer_a_write_requests_first_read_opens_no_transaction(app, test_db_url):
+def test_behind_pgbouncer_a_write_requests_first_read_opens_no_transaction(behind_pgbouncer):
     """On the session's connection, a read that would begin its transaction runs in
     autocommit: no BEGIN round trip before it, and nothing left to commit after it (a
     new post's followers, read after its commit)."""
-    behind = create_app(
-        {
-            "APP_ENV": "test",
-            "REDIS_URL": app.config["REDIS_URL"],
-            "DB_PGBOUNCER": True,
-            "SQLALCHEMY_DATABASE_URI": test_db_url.render_as_string(hide_password=False),
-            "SQLALCHEMY_ENGINE_OPTIONS": engine_options(True),
-        }
-    )
-    one = select(literal_column("1", Integer).label("one"))
-    with behind.app_context():
-        engine = db.engine
-    try:
-        with pool_traffic(engine) as seen, behind.test_request_context("/api/v1/posts", method="POST"):
-            assert select_rows(one, {})[0].one == 1
-            raw = db.session.connection().connection.dbapi_connection
-            assert raw.info.transaction_status == TransactionStatus.IDLE and not raw.autocommit
-            db.session.remove()
-    finally:
-        engine.dispose()
+    behind, engine = behind_pgbouncer
+    with pool_traffic(engine) as seen, behind.test_request_context("/api/v1/posts", method="POST"):
+        assert select_rows(ONE, {})[0].one == 1
+        raw = db.session.connection().connection.dbapi_connection
+        assert raw.info.transaction_status == TransactionStatus.IDLE and not raw.autocommit
+        db.session.remove()
     assert [(verb, autocommit) for verb, _, autocommit in seen["statements"]] == [("SELECT", True)]
