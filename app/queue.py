@@ -29,6 +29,7 @@ PURGE_EXPIRED_REVOCATIONS = "worker.tasks.purge_expired_revocations"
 INVALIDATE_CACHE = "worker.tasks.invalidate_cache"
 INVALIDATE_AUTHOR_POSTS = "worker.tasks.invalidate_author_posts"
 DROP_FOLLOWER_FEEDS = "worker.tasks.drop_follower_feeds"
+POSTS_CHANGED = "worker.tasks.posts_changed"
 RUN_JOB = "worker.tasks.run_job"
 REQUEUE_STALE_JOBS = "worker.tasks.requeue_stale_jobs"
 NIGHTLY_RECOUNT = "worker.tasks.nightly_recount"
@@ -45,6 +46,7 @@ ROUTES = {
     INVALIDATE_AUTHOR_POSTS: {"queue": SHORT},
     # a read of the followers and deletes in batches: a post must not wait behind a job
     DROP_FOLLOWER_FEEDS: {"queue": SHORT},
+    POSTS_CHANGED: {"queue": SHORT},  # what a request could not do after its commit
     REQUEUE_STALE_JOBS: {"queue": SHORT},  # it only queues the jobs again
     NIGHTLY_RECOUNT: {"queue": SHORT},  # it only records the job; the recount runs on LONG
     # one mail to the SMTP server, bounded by MAIL_TIMEOUT_SECONDS: a reset link must not

@@ -75,6 +75,13 @@ def drop_follower_feeds(author_id: int) -> int:
     return count
 
 
+@shared_task(name=queue.POSTS_CHANGED, **RETRY)
+def posts_changed(author_id: int, keys: list[str]) -> None:
+    """A request changed an author's posts but could not read the followers to tell
+    after its commit (posts.service.posts_changed): done here, retried until it can."""
+    posts.posts_changed_now(author_id, *keys)
+
+
 @shared_task(name=queue.RUN_JOB, **RETRY)
 def run_job(job_id: str) -> str | None:
     """Run a job to its end; a second delivery of a finished job does nothing."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Collection
 from datetime import datetime
 
@@ -29,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import contains_eager
 
 from app import cache, queue
@@ -45,6 +47,8 @@ from app.users.service import (
     invalidate_author_posts_later,
     is_active,
 )
+
+log = logging.getLogger(__name__)
 
 KEY_KINDS = [datetime, int]
 
@@ -291,11 +295,25 @@ def _followed_among(reader: int, authors: list[int]) -> list[int]:
 
 
 def posts_changed(author_id: int, *keys: str) -> None:
-    """After a commit that changed `author_id`'s posts (or whether they are shown): drop
-    `keys`, the newest posts, the author's newest-posts entry and the first feed page of
-    each follower, or move the author's mark when the followers pull (_posts_changed).
-    Followers are read after the commit, so one who followed meanwhile either is in this
-    list or read the feed after the change."""
+    """After a commit that changed `author_id`'s posts (or whether they are shown):
+    posts_changed_now, or, when PostgreSQL cannot answer for the followers, `keys` and the
+    author's entries dropped now and the rest queued to a worker. The change is
+    committed: its request answers for it, so that a client's retry does not make it
+    twice."""
+    try:
+        posts_changed_now(author_id, *keys)
+    except (OperationalError, PoolTimeoutError) as error:
+        log.warning("followers of user %s not read after a change to their posts (%s); queued", author_id, error)
+        cache.invalidate(*keys, cache.recent_posts_key(author_id), cache.newest_posts_key())
+        if not queue.send(queue.POSTS_CHANGED, [author_id, list(keys)]):
+            log.error("followers of user %s not told of a change; their feed pages may be stale for the TTL", author_id)
+
+
+def posts_changed_now(author_id: int, *keys: str) -> None:
+    """Drop `keys`, the newest posts, the author's newest-posts entry and the first feed
+    page of each follower, or move the author's mark when the followers pull
+    (_posts_changed). Followers are read after the commit, so one who followed meanwhile
+    either is in this list or read the feed after the change."""
     threshold = current_app.config["FEED_PULL_THRESHOLD"]
     rows = select_rows(_FOLLOWERS_TO_NOTIFY, {"author": author_id, "threshold": threshold})
     follower_count, followers = rows[0] if rows else (0, [])

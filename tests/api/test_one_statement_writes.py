@@ -5,6 +5,8 @@ none), which is handed back as it was taken."""
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 
@@ -13,13 +15,15 @@ from psycopg.pq import TransactionStatus
 from sqlalchemy import bindparam, text, update
 from sqlalchemy.exc import DataError, OperationalError
 
+from app import cache, queue
 from app.auth import revocation
 from app.db import commit_statement, db
 from app.errors import QUERY_CANCELED
 from app.models import User
 from tests.support.counting import pool_traffic
-from tests.support.factories import UserFactory
+from tests.support.factories import FollowFactory, UserFactory
 from tests.support.sessions import open_session
+from worker import tasks
 
 pytestmark = pytest.mark.no_transaction
 
@@ -35,8 +39,8 @@ def _mirror_ready(app, redis_client):
 
 
 def signed_in(app, client, **fields) -> tuple[int, dict]:
-    """A user and their bearer header, the account remembered as active by this process
-    (its check, when a request first needs it, is a statement in the write's transaction)."""
+    """A user and their bearer header, already used by a read, so that this process has
+    verified the token before the request under test."""
     with app.app_context():
         user = UserFactory(**fields)
         user_id, headers = user.id, {"Authorization": f"Bearer {open_session(user)['access_token']}"}
@@ -44,26 +48,29 @@ def signed_in(app, client, **fields) -> tuple[int, dict]:
     return user_id, headers
 
 
-def waiting_query(app, fragment: str, seconds: float = 10) -> str:
-    """The text PostgreSQL holds for the backend that waits on a lock in a statement
-    containing `fragment`: everything the client had sent as that query."""
+def waiting_backend(app, fragment: str, seconds: float = 10) -> tuple[int, str]:
+    """The process id and the text PostgreSQL holds for the backend that waits on a lock
+    in a statement containing `fragment`: everything the client had sent as that query."""
     with app.app_context():
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            found = db.session.scalar(
-                text("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND position(:f IN query) > 0"),
+            found = db.session.execute(
+                text(
+                    "SELECT pid, query FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND position(:f IN query) > 0"
+                ),
                 {"f": fragment},
-            )
+            ).first()
             db.session.rollback()
             if found:
-                return found
+                return found.pid, found.query
             time.sleep(0.02)
     raise AssertionError(f"no backend waited on a lock in {fragment!r}")
 
 
 def sent_while_blocked(app, client, user_id: int, fragment: str, method: str, url: str, body=None, headers=None):
     """Send the request while `user_id`'s row is locked here: the query PostgreSQL holds
-    for it as it waits (waiting_query), and the response once the lock is gone."""
+    for it as it waits (waiting_backend), and the response once the lock is gone."""
     answers = []
     with app.app_context():
         holder = db.engine.connect()
@@ -73,7 +80,7 @@ def sent_while_blocked(app, client, user_id: int, fragment: str, method: str, ur
             target=lambda: answers.append(client.open(url, method=method, json=body, headers=headers))
         )
         writer.start()
-        query = waiting_query(app, fragment)
+        _, query = waiting_backend(app, fragment)
     finally:
         holder.rollback()
         holder.close()
@@ -112,6 +119,56 @@ def test_a_new_post_is_one_statement_committed_as_it_ends(app, committed, client
             {"id": author_id},
         ).one()
     assert tuple(stored) == (1, 1)
+
+
+def queued(redis_client, task: str) -> list[list]:
+    """The arguments of each `task` queued on the short queue."""
+    messages = [json.loads(message) for message in redis_client.lrange(queue.SHORT, 0, -1)]
+    return [json.loads(base64.b64decode(m["body"]))[0] for m in messages if m["headers"]["task"] == task]
+
+
+def test_a_post_whose_followers_cannot_be_read_after_its_commit_is_answered_once(app, committed, client, redis_client):
+    """The post is committed before its followers are read. When that read fails (here
+    cancelled, as statement_timeout would), the request still answers 201, so a client
+    does not send the post again; the author's entries go at once, and a worker reads
+    the followers and drops their feed pages."""
+    author_id, headers = signed_in(app, client)
+    fan_id, fan_headers = signed_in(app, client)
+    with app.app_context():
+        FollowFactory(follower_id=fan_id, followed_id=author_id)
+    assert client.get("/api/v1/feed", headers=fan_headers).get_json()["items"] == []
+    assert client.get(f"/api/v1/users/{author_id}").status_code == 200
+    assert redis_client.exists(cache.feed_key(fan_id), cache.profile_key(author_id)) == 2
+    answers = []
+    with app.app_context():
+        holder = db.engine.connect()
+    try:
+        holder.execute(text("LOCK TABLE follows IN ACCESS EXCLUSIVE MODE"))
+        writer = threading.Thread(
+            target=lambda: answers.append(client.post(POSTS, json={"title": "t", "body": "b"}, headers=headers))
+        )
+        writer.start()
+        pid, _ = waiting_backend(app, "array_agg(follower_id)")
+        holder.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": pid})
+        writer.join(timeout=30)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert answers and answers[0].status_code == 201, answers and answers[0].get_json()
+    with app.app_context():
+        stored = db.session.execute(
+            text("SELECT count(*) FROM posts WHERE author_id = :id"), {"id": author_id}
+        ).scalar_one()
+    assert stored == 1
+    assert not redis_client.exists(cache.profile_key(author_id))  # dropped by the request
+    assert redis_client.exists(cache.feed_key(fan_id))  # not yet: the worker's part
+    assert queued(redis_client, queue.POSTS_CHANGED) == [[author_id, [cache.profile_key(author_id)]]]
+
+    with app.app_context():
+        tasks.posts_changed.run(author_id, [cache.profile_key(author_id)])
+    assert not redis_client.exists(cache.feed_key(fan_id))
+    feed = client.get("/api/v1/feed", headers=fan_headers).get_json()["items"]
+    assert [post["id"] for post in feed] == [answers[0].get_json()["id"]]
 
 
 def test_a_follow_and_a_profile_change_are_one_statement_each_too(app, committed, client):
