@@ -36,6 +36,10 @@ class User(db.Model):
     post_count: Mapped[int] = mapped_column(server_default="0")
     follower_count: Mapped[int] = mapped_column(server_default="0")
     following_count: Mapped[int] = mapped_column(server_default="0")
+    # Bumped by every follow of this account, in the follow's statement: a new post's
+    # statement tells by it whether the followers it read in its snapshot are all there
+    # are once it holds the author's row (app/posts/service.py _CREATE).
+    follows_version: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # Bumped on every profile change; the ETag is derived from it.
     version: Mapped[int] = mapped_column(server_default="1")
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())

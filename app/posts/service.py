@@ -392,19 +392,28 @@ def author_visibility_changed(author_id: int) -> None:
 
 # the post and the author's counter in one statement, which is also the account check:
 # nothing is written unless the author is an active account (with a verified email when
-# posting needs one)
+# posting needs one). It reads the followers to notify too, in its snapshot, which is
+# taken before it locks the author's row: they are all there are when the row's
+# follows_version (bumped by every follow, which locks the same row) is still the one
+# the snapshot saw, as no follow commits while the row is locked; NULL otherwise (a
+# follow came in between: they are read after the commit), and for a pulled author.
 _CREATE = text("""
-WITH author AS (
+WITH seen AS (
+    SELECT follows_version FROM users WHERE id = :author
+), author AS (
     UPDATE users SET post_count = post_count + 1
     WHERE id = :author AND is_active AND (email_verified OR NOT :must_verify)
-    RETURNING id, username, display_name
+    RETURNING id, username, display_name, follower_count, follows_version
 ), post AS (
     INSERT INTO posts (author_id, title, body)
     SELECT id, :title, :body FROM author
     RETURNING id, title, body, version, created_at, updated_at
 )
-SELECT post.*, author.id AS author_id, author.username, author.display_name
-FROM post, author
+SELECT post.*, author.id AS author_id, author.username, author.display_name, author.follower_count,
+    CASE WHEN author.follows_version = seen.follows_version AND author.follower_count < :threshold
+        THEN coalesce((SELECT array_agg(follower_id) FROM follows WHERE followed_id = :author), '{}')
+    END AS followers
+FROM post, author, seen
 """)
 
 UNVERIFIED_EMAIL = (
@@ -423,24 +432,34 @@ def create_post(author_id: int, title: str, body: str) -> dict | None:
     when `author_id` is not an active account, 403 when posting needs a verified email
     and the author's is not (nothing is written either way).
 
-    One statement writes the post, counts it and returns what the 201 shows, committed
-    in its round trip; the followers to notify are read after it (posts_changed)."""
+    One statement writes the post, counts it, returns what the 201 shows and the
+    followers to notify, committed in its round trip; when a follow came in while it
+    waited for the author's row, the followers are read after it (posts_changed)."""
     must_verify = posting_needs_verified_email()
-    params = {"author": author_id, "title": title, "body": body, "must_verify": must_verify}
+    threshold = current_app.config["FEED_PULL_THRESHOLD"]
+    params = {"author": author_id, "title": title, "body": body, "must_verify": must_verify, "threshold": threshold}
     row = commit_statement(_CREATE, params)
     if row is None:  # nothing was written
         if must_verify and is_active(author_id):
             raise Forbidden(UNVERIFIED_EMAIL)
         return None
-    posts_changed(author_id, cache.profile_key(author_id))
-    return _post_dict(row)
+    post = row._asdict()
+    follower_count, followers = post.pop("follower_count"), post.pop("followers")
+    if followers is None and not _pulled(follower_count):  # a follow came in meanwhile
+        posts_changed(author_id, cache.profile_key(author_id))
+    else:  # None for a pulled author: its mark moves
+        _posts_changed(author_id, followers, cache.profile_key(author_id))
+    return _with_author_summary(post)
 
 
 _AUTHOR_COLUMNS = (("id", "author_id"), ("username", "username"), ("display_name", "display_name"))
 
 
 def _post_dict(row) -> dict:
-    post = row._asdict()
+    return _with_author_summary(row._asdict())
+
+
+def _with_author_summary(post: dict) -> dict:
     post["author"] = {name: post.pop(column) for name, column in _AUTHOR_COLUMNS}
     return post
 

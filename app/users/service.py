@@ -213,9 +213,10 @@ def bump_counters(user_id: int, **deltas: int) -> None:
 
 
 # One statement per follow or unfollow: whether the two accounts are active, the row,
-# and both counters. The two users' rows are locked in id order (ORDER BY ... FOR NO KEY
-# UPDATE), so two users following each other never deadlock. {change} is the INSERT or
-# the DELETE, returning a row when it changed something.
+# and both counters (and, for a follow, the followed account's follows_version). The two
+# users' rows are locked in id order (ORDER BY ... FOR NO KEY UPDATE), so two users
+# following each other never deadlock. {change} is the INSERT or the DELETE, returning a
+# row when it changed something.
 _FOLLOW_PAIR = """
 WITH follower AS (
     SELECT id FROM users WHERE id = :follower AND is_active
@@ -230,7 +231,8 @@ WITH follower AS (
 ), counted AS (
     UPDATE users SET
         following_count = following_count + CASE WHEN users.id = :follower THEN :delta ELSE 0 END,
-        follower_count = follower_count + CASE WHEN users.id = :followed THEN :delta ELSE 0 END
+        follower_count = follower_count + CASE WHEN users.id = :followed THEN :delta ELSE 0 END,
+        follows_version = follows_version + CASE WHEN users.id = :followed AND :delta > 0 THEN 1 ELSE 0 END
     FROM locked WHERE users.id = locked.id
     RETURNING users.id
 )
