@@ -113,17 +113,23 @@ def flask(env: dict, *args: str) -> str:
 
 
 def seed(env: dict) -> str:
-    """Seed once; the users' shared password is kept beside the results."""
+    """Seed once; the users' shared password is kept beside the results, with the number
+    of follows seeded. A data set whose follows are not that number is seeded again: a
+    run stopped between its follows and its unfollows leaves its pairs followed, which
+    the next runs would otherwise measure on (more followers to notify per post, readers
+    who follow everyone)."""
     from app.config import database_url
 
-    password_file = RESULTS / ".bench-password"
+    password_file, follows_file = RESULTS / ".bench-password", RESULTS / ".bench-follows"
     engine = create_engine(database_url(env["DATABASE_URL"]))
     try:
         with engine.connect() as conn:
             users = conn.scalar(text("SELECT count(*) FROM users"))
-            if users >= USERS and password_file.exists():
+            follows = conn.scalar(text("SELECT count(*) FROM follows"))
+            seeded_follows = follows_file.read_text().strip() if follows_file.exists() else None
+            if users >= USERS and password_file.exists() and seeded_follows == str(follows):
                 return password_file.read_text().strip()
-            if users:  # seeded before, but its password is lost: start the bench data over
+            if users:  # its password or its follows are not the seed's: start the bench data over
                 conn.execute(text("TRUNCATE users, revoked_tokens RESTART IDENTITY CASCADE"))
                 conn.commit()
     finally:
@@ -131,6 +137,12 @@ def seed(env: dict) -> str:
     print(f"seeding {USERS} users, {USERS * POSTS} posts, {USERS * FOLLOWS} follows ...", flush=True)
     output = flask(env, "seed", "--users", str(USERS), "--posts", str(POSTS), "--follows", str(FOLLOWS))
     password = re.search(r"password=(\S+)", output).group(1)
+    engine = create_engine(database_url(env["DATABASE_URL"]))
+    try:
+        with engine.connect() as conn:
+            follows_file.write_text(str(conn.scalar(text("SELECT count(*) FROM follows"))))
+    finally:
+        engine.dispose()
     password_file.write_text(password)
     return password
 
@@ -354,6 +366,7 @@ def main() -> int:
                 "mode": "sequence",
                 "items": writes.pairs,
                 "prepare": writes.unfollow_all_pairs,
+                "after": writes.unfollow_all_pairs,  # also when the unfollows are not run
                 "write": True,
             },
             {
