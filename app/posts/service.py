@@ -304,7 +304,7 @@ def posts_changed(author_id: int, *keys: str) -> None:
         posts_changed_now(author_id, *keys)
     except (OperationalError, PoolTimeoutError) as error:
         log.warning("followers of user %s not read after a change to their posts (%s); queued", author_id, error)
-        cache.invalidate(*keys, cache.recent_posts_key(author_id), cache.newest_posts_key())
+        _posts_changed(author_id, [], *keys)  # the author's entries: no follower yet
         if not queue.send(queue.POSTS_CHANGED, [author_id, list(keys)]):
             log.error("followers of user %s not told of a change; their feed pages may be stale for the TTL", author_id)
 
