@@ -60,6 +60,11 @@ def test_the_generated_graph_is_skewed_and_its_counters_match_the_rows():
         == 0
     )
     assert one("SELECT count(DISTINCT password_hash) FROM users") == 1
+    # posts were written over a year in id order, and the table's pages hold them in it
+    assert one("SELECT count(*) FROM posts p JOIN posts q ON q.id = p.id + 1 WHERE q.created_at <= p.created_at") == 0
+    assert 364 < one("SELECT extract(epoch FROM max(created_at) - min(created_at)) / 86400 FROM posts") <= 365
+    conn.execute(text("ANALYZE posts"))
+    assert one("SELECT correlation FROM pg_stats WHERE tablename = 'posts' AND attname = 'created_at'") > 0.99
     # the search words: rare, middling, common, found through the search vector
     counts = {
         word: one("SELECT count(*) FROM posts WHERE search @@ to_tsquery('english', :w)", w=word)
