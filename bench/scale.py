@@ -163,12 +163,12 @@ def generate(conn: Connection, factor: float, password_hash: str) -> dict[str, i
     """,
         {"hash": password_hash},
     )
-    # two words of a long tail too (w1 .. w50000, the lower numbers the more frequent), as
-    # real text has: the planner's estimate for a word it has no statistics on comes from
-    # the rarest word it has them on
     # a year of posts written in id order, as the API writes them (the id and created_at
     # both come from the insert): the table's pages follow created_at, as a real one's
     # do, and a newest-first walk reads neighbouring posts from neighbouring pages
+    # two words of a long tail too (w1 .. w50000, the lower numbers the more frequent), as
+    # real text has: the planner's estimate for a word it has no statistics on comes from
+    # the rarest word it has them on
     tail = "' w' || (1 + floor(power(random(), 2) * 50000))::int"
     run(f"""
         INSERT INTO posts (id, author_id, title, body, created_at, updated_at)
