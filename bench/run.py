@@ -122,27 +122,24 @@ def seed(env: dict) -> str:
 
     password_file, follows_file = RESULTS / ".bench-password", RESULTS / ".bench-follows"
     engine = create_engine(database_url(env["DATABASE_URL"]))
+    count_follows = text("SELECT count(*) FROM follows")
     try:
         with engine.connect() as conn:
             users = conn.scalar(text("SELECT count(*) FROM users"))
-            follows = conn.scalar(text("SELECT count(*) FROM follows"))
+            follows = conn.scalar(count_follows)
             seeded_follows = follows_file.read_text().strip() if follows_file.exists() else None
             if users >= USERS and password_file.exists() and seeded_follows == str(follows):
                 return password_file.read_text().strip()
             if users:  # its password or its follows are not the seed's: start the bench data over
                 conn.execute(text("TRUNCATE users, revoked_tokens RESTART IDENTITY CASCADE"))
                 conn.commit()
-    finally:
-        engine.dispose()
-    print(f"seeding {USERS} users, {USERS * POSTS} posts, {USERS * FOLLOWS} follows ...", flush=True)
-    output = flask(env, "seed", "--users", str(USERS), "--posts", str(POSTS), "--follows", str(FOLLOWS))
-    password = re.search(r"password=(\S+)", output).group(1)
-    engine = create_engine(database_url(env["DATABASE_URL"]))
-    try:
+        print(f"seeding {USERS} users, {USERS * POSTS} posts, {USERS * FOLLOWS} follows ...", flush=True)
+        output = flask(env, "seed", "--users", str(USERS), "--posts", str(POSTS), "--follows", str(FOLLOWS))
         with engine.connect() as conn:
-            follows_file.write_text(str(conn.scalar(text("SELECT count(*) FROM follows"))))
+            follows_file.write_text(str(conn.scalar(count_follows)))
     finally:
         engine.dispose()
+    password = re.search(r"password=(\S+)", output).group(1)
     password_file.write_text(password)
     return password
 
