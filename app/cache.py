@@ -25,7 +25,10 @@ once a second at most (see _Tally).
 
 Each process also keeps copies of the entries it has read (app/local_copies.py): Redis
 itself reports every change to a cached key, so a copy is dropped before the next read
-and a hit costs no round trip. Writers and the TTL work on Redis only; the copies follow.
+and a hit costs no round trip. It keeps the absence of an entry too: while a write's
+tombstone refuses the fills, the misses that follow go straight to PostgreSQL, and a
+fill or write is reported like any change. A stale absence costs a query, never a
+stale answer. Writers and the TTL work on Redis only; the copies follow.
 """
 
 from __future__ import annotations
@@ -344,7 +347,7 @@ def _read_many(keys: list[str]) -> list[bytes | None]:
     """get_many() without counting: None for each key when Redis cannot answer."""
     local = _local()
     try:
-        return local.mget(keys) if local else _client().mget(keys)
+        return local.mget(keys, keep_missing=True) if local else _client().mget(keys)
     except RedisError as exc:
         log.warning("cache read skipped (%s)", exc)
         return [None] * len(keys)

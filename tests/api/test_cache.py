@@ -346,6 +346,23 @@ def test_a_second_read_is_served_by_the_process_until_redis_reports_a_change(app
     assert cache.stats() == {"hits": 6, "misses": 3, "hit_rate": 6 / 9}
 
 
+def test_a_miss_after_a_write_goes_straight_to_postgres_until_redis_reports_a_fill(
+    client, redis_client, count_queries, local_copies_on
+):
+    user = UserFactory(display_name="Before")
+    key = cache.profile_key(user.id)
+    cache.invalidate(key)  # as a write does: the entry gone, its tombstone refusing fills
+    assert client.get(f"{USERS}/{user.id}").get_json()["display_name"] == "Before"
+    reads = redis_reads(redis_client)
+    with count_queries() as queries:
+        assert client.get(f"{USERS}/{user.id}").get_json()["display_name"] == "Before"
+    assert (queries.count, redis_reads(redis_client)) == (1, reads)  # the absence was kept
+    redis_client.set(key, json.dumps({"id": user.id, "display_name": "Filled"}))  # another process's fill
+    with count_queries() as queries:
+        assert client.get(f"{USERS}/{user.id}").get_json()["display_name"] == "Filled"
+    assert (queries.count, redis_reads(redis_client)) == (0, reads + 1)
+
+
 def test_a_copy_goes_when_its_key_expires_in_redis(app, redis_client, local_copies_on):
     key = cache.post_key(1)
     redis_client.set(key, b"short-lived", px=100)
