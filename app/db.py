@@ -1,7 +1,8 @@
 """The database layer: SQLAlchemy's `db`, the model base every table derives from, the
-session that reads without a transaction, the bounded search block and the write
-committed in its own round trip, and the listeners on the engine (the pool's checkout
-poll, noting writes). Models import this module and nothing else of the app."""
+session that reads without a transaction, the reads sent straight to psycopg (with a
+timeout of their own for a search), the write committed in its own round trip, and the
+listeners on the engine (the pool's checkout poll, noting writes). Models import this
+module and nothing else of the app."""
 
 from __future__ import annotations
 
@@ -96,44 +97,6 @@ class ReadsWithoutTransaction(FlaskSQLAlchemySession):
         return connection.connection.dbapi_connection.info.transaction_status == INTRANS
 
 
-@contextlib.contextmanager
-def bounded_query(milliseconds: int):
-    """A block for a query whose cost depends on what a client asked (a search): each
-    statement stops after `milliseconds` (QueryCanceled, SQLSTATE 57014) and is planned
-    for its own parameters.
-
-    psycopg prepares a statement sent five times on a connection, and PostgreSQL then
-    tries one generic plan for every parameter; for a search that is a walk of the
-    newest-first index, fine for a common word and a scan of most of the table for a
-    rare one. `plan_cache_mode = force_custom_plan` keeps the plan per word.
-
-    SET LOCAL lasts one transaction, and a GET request's session has none (autocommit):
-    the block is a short transaction of its own, which PgBouncer in transaction mode
-    keeps on one server connection. Its BEGIN and settings go in one round trip, sent
-    straight to psycopg (which sends a statement without parameters as it is, several
-    at once allowed). Inside a transaction already (a test's), it is a savepoint, and
-    the transaction's own settings are set back after it.
-    """
-    connection = db.session.connection()
-    raw = connection.connection.dbapi_connection
-    settings = _BOUND % int(milliseconds)
-    idle = raw.info.transaction_status == TransactionStatus.IDLE
-    if raw.autocommit and idle:
-        raw.execute(f"BEGIN; {settings}")
-        try:
-            yield
-        except BaseException:
-            raw.rollback()
-            raise
-        raw.commit()
-        return
-    with raw.transaction():
-        raw.execute(settings)
-        yield
-        if not idle:  # a released savepoint keeps its SET LOCAL
-            raw.execute(_UNBOUND)
-
-
 def commit_statement(statement: ClauseElement, params: dict):
     """Run one writing statement and commit it, in one round trip: its first row (a named
     tuple), or None.
@@ -174,7 +137,7 @@ def _commit_on(connection, statement: ClauseElement, params: dict):
         return cursor.fetchone() if cursor.description else None
 
 
-def select_rows(statement: SelectBase, params: dict) -> list:
+def select_rows(statement: SelectBase, params: dict, *, timeout_ms: int | None = None) -> list:
     """The rows (named tuples) of one SELECT, built once (module-level or cached), sent
     straight to psycopg: on the session's connection when it is in a transaction (and
     then in it), or else, with a pool of our own, on a pooled connection borrowed for
@@ -197,22 +160,69 @@ def select_rows(statement: SelectBase, params: dict) -> list:
     `_plain_columns` refuses any other, and a locking read (FOR UPDATE / SHARE), whose
     lock would end with its statement on a borrowed connection. The engine's cursor
     events still see the statement (as a SELECT), and errors are SQLAlchemy's.
+
+    `timeout_ms`, for a query whose cost depends on what a client asked (a search):
+    the statement stops after that long (QueryCanceled, SQLSTATE 57014) and is planned
+    for its own parameters (`_bounded_select`).
     """
     session = db.session()
     engine = _engine_to_borrow_from(session)
     if engine is not None:
         with _borrowed(engine) as connection:
-            return _select_on(connection, statement, params)
-    return _select_on(session.connection(), statement, params)
+            return _select_on(connection, statement, params, timeout_ms)
+    return _select_on(session.connection(), statement, params, timeout_ms)
 
 
-def _select_on(connection, statement: SelectBase, params: dict) -> list:
+def _select_on(connection, statement: SelectBase, params: dict, timeout_ms: int | None) -> list:
     raw = connection.connection.dbapi_connection
-    cursor = raw.cursor(row_factory=namedtuple_row)
     form = _plain_columns(statement, connection.dialect)
-    sent = [_sql_and_params(form, params)]
-    with _in_autocommit(raw), _sent_to_the_driver(connection, cursor, sent, context=_SelectSent(form)):
-        return cursor.execute(*sent[0]).fetchall()
+    sql, values = _sql_and_params(form, params)
+    with _in_autocommit(raw):
+        if timeout_ms is not None:
+            return _bounded_select(connection, form, sql, values, timeout_ms)
+        cursor = raw.cursor(row_factory=namedtuple_row)
+        with _sent_to_the_driver(connection, cursor, [(sql, values)], context=_SelectSent(form)):
+            return cursor.execute(sql, values).fetchall()
+
+
+_BOUND = "SET LOCAL statement_timeout = %d; SET LOCAL plan_cache_mode = force_custom_plan"
+_UNBOUND = "SET LOCAL statement_timeout TO DEFAULT; SET LOCAL plan_cache_mode TO DEFAULT"
+
+
+def _bounded_select(connection, form: Compiled, sql: str, values: dict, timeout_ms: int) -> list:
+    """select_rows' statement with a timeout of its own, and planned for its parameters:
+    psycopg prepares a statement sent five times on a connection, and PostgreSQL then
+    tries one generic plan for every parameter; for a search that is a walk of the
+    newest-first index, fine for a common word and a scan of most of the table for a
+    rare one. `plan_cache_mode = force_custom_plan` keeps the plan per word.
+
+    SET LOCAL lasts one transaction. In autocommit (a GET request's read) the settings
+    and the statement go as one message on the simple protocol, with the parameters
+    bound by psycopg (ClientCursor): PostgreSQL runs a message of several statements as
+    one transaction, which the settings last and which ends with it, so the search takes
+    one round trip, as any read, and PgBouncer in transaction mode keeps it on one
+    server connection. Nothing is lost by not preparing it: each is planned anew anyway.
+    Inside a transaction already (a test's), it is a savepoint, and the transaction's own
+    settings are set back after it.
+    """
+    raw = connection.connection.dbapi_connection
+    settings = _BOUND % int(timeout_ms)
+    context = _SelectSent(form)
+    if raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE:
+        cursor = psycopg.ClientCursor(raw, row_factory=namedtuple_row)
+        sent = [(f"{settings}; {sql}", values)]
+        with _sent_to_the_driver(connection, cursor, sent, context=context):
+            cursor.execute(*sent[0])
+            while cursor.description is None and cursor.nextset():  # past the settings' results
+                pass
+            return cursor.fetchall()
+    cursor = raw.cursor(row_factory=namedtuple_row)
+    with raw.transaction():  # a savepoint: a statement stopped rolls back to it, settings and all
+        raw.execute(settings)
+        with _sent_to_the_driver(connection, cursor, [(sql, values)], context=context):
+            rows = cursor.execute(sql, values).fetchall()
+        raw.execute(_UNBOUND)  # a released savepoint keeps its SET LOCAL
+    return rows
 
 
 class _Borrowed:
@@ -357,10 +367,6 @@ def _in_autocommit(raw):
 def _compiled(statement: ClauseElement, dialect) -> Compiled:
     """The statement compiled once (its SQL and its bound literals)."""
     return statement.compile(dialect=dialect)
-
-
-_BOUND = "SET LOCAL statement_timeout = %d; SET LOCAL plan_cache_mode = force_custom_plan"
-_UNBOUND = "SET LOCAL statement_timeout TO DEFAULT; SET LOCAL plan_cache_mode TO DEFAULT"
 
 
 @functools.cache

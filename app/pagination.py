@@ -124,14 +124,17 @@ class KeysetQuery:
             stmt = stmt.where(comes_after(keys, after, descending))
         return stmt.order_by(*[k.desc() if descending else k.asc() for k in keys]).limit(bindparam("page_limit"))
 
-    def page(self, *, limit: int, cursor: str | None, cached_as: str | None = None, **params) -> Page:
-        """One page; with `cached_as`, the first page comes from that cache key."""
+    def page(
+        self, *, limit: int, cursor: str | None, cached_as: str | None = None, timeout_ms: int | None = None, **params
+    ) -> Page:
+        """One page; with `cached_as`, the first page comes from that cache key; with
+        `timeout_ms`, the query stops after that long (select_rows)."""
         if cached_as and not cursor:
             return self._cached_first_page(cached_as, limit, params)
         params["page_limit"] = limit + 1
         if cursor:
             params.update((f"after_{i}", v) for i, v in enumerate(decode_cursor(cursor, self.kinds)))
-        rows = select_rows(self._next if cursor else self._first, params)
+        rows = select_rows(self._next if cursor else self._first, params, timeout_ms=timeout_ms)
         return _page_of(rows, (), limit)
 
     def _cached_first_page(self, key: str, limit: int, params: dict) -> Page:

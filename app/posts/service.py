@@ -34,7 +34,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import contains_eager
 
 from app import cache, queue
-from app.db import bounded_query, commit_statement, db, select_rows
+from app.db import commit_statement, db, select_rows
 from app.errors import QUERY_CANCELED, Forbidden, NotFound, ServiceUnavailable, account_gone, check_version
 from app.mail import smtp
 from app.models import Follow, Post, Role, User
@@ -236,8 +236,7 @@ def _search(query: KeysetQuery, **params) -> Page:
     grows with the table, and anyone may send one."""
     config = current_app.config
     try:
-        with bounded_query(config["SEARCH_STATEMENT_TIMEOUT_MS"]):
-            return query.page(**params)
+        return query.page(timeout_ms=config["SEARCH_STATEMENT_TIMEOUT_MS"], **params)
     except OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) != QUERY_CANCELED:
             raise

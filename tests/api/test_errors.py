@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app.db import bounded_query, db
+from app.db import select_rows
 from app.factory import create_app
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "request_id"}
@@ -40,8 +40,7 @@ def failing_app(app, test_db_url):
 
     @broken.get("/too-slow")
     def too_slow():
-        with bounded_query(50):
-            db.session.execute(text("SELECT pg_sleep(2)"))
+        select_rows(select(func.pg_sleep(2)), {}, timeout_ms=50)
 
     return broken
 

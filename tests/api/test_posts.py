@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from datetime import datetime
 
 import pytest
-from psycopg.pq import TransactionStatus
-from sqlalchemy import text
+from psycopg.pq import Trace, TransactionStatus
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import OperationalError
 
-from app.db import bounded_query, db
+from app.db import db, select_rows
 from app.models import Post, User
 from tests.support.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
 
@@ -204,35 +205,54 @@ def test_a_search_that_runs_too_long_is_stopped_and_answered_503(app, committed,
         assert db.session.scalar(text("SHOW statement_timeout")) == "15s"
 
 
+SETTINGS = select(func.current_setting("statement_timeout"), func.current_setting("plan_cache_mode"))
+
+
 def test_the_search_timeout_lasts_only_the_search(app):
-    """Inside a transaction (here the test's) the search's timeout is set back after it."""
-    before = db.session.scalar(text("SHOW statement_timeout"))
-    with bounded_query(1234):
-        assert db.session.scalar(text("SHOW statement_timeout")) == "1234ms"
-        assert db.session.scalar(text("SHOW plan_cache_mode")) == "force_custom_plan"
-    assert db.session.scalar(text("SHOW statement_timeout")) == before == "15s"
-    assert db.session.scalar(text("SHOW plan_cache_mode")) == "auto"
+    """Inside a transaction (here the test's) the search's settings last a savepoint:
+    they are set back after it, and a search stopped leaves the transaction usable."""
+    assert select_rows(SETTINGS, {}, timeout_ms=1234) == [("1234ms", "force_custom_plan")]
+    assert db.session.execute(SETTINGS).one() == ("15s", "auto")
+    with pytest.raises(OperationalError, match="statement timeout"):
+        select_rows(select(func.pg_sleep(2)), {}, timeout_ms=50)
+    assert db.session.execute(SETTINGS).one() == ("15s", "auto")
 
 
 @pytest.mark.no_transaction
-def test_in_a_read_request_the_search_is_a_short_transaction_of_its_own(app):
-    """A GET's session reads in autocommit: the block begins a transaction with its
-    settings, commits it (or rolls it back when the statement is stopped), and the
-    connection keeps none of its settings."""
-    with app.test_request_context(POSTS, method="GET"):
-        raw = db.session.connection().connection.dbapi_connection
-        assert raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
-        with bounded_query(1234):
-            assert raw.info.transaction_status == TransactionStatus.INTRANS
-            assert db.session.scalar(text("SHOW statement_timeout")) == "1234ms"
-            assert db.session.scalar(text("SHOW plan_cache_mode")) == "force_custom_plan"
+def test_in_a_read_request_the_search_is_one_round_trip_of_its_own(app):
+    """A GET's reads run in autocommit: the search's settings and its query go to
+    PostgreSQL as one message, which runs as one transaction of its own (one round trip,
+    traced at the driver); the connection keeps none of the settings, also when the
+    query is stopped."""
+    used = []
+
+    def trace(dbapi_connection, *_args):
+        used.append(dbapi_connection)
+        dbapi_connection.pgconn.trace(log.fileno())
+        dbapi_connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS)
+
+    with tempfile.TemporaryFile("w+") as log, app.test_request_context(POSTS, method="GET"):
+        engine = db.engine
+        event.listen(engine, "checkout", trace)
+        try:
+            assert select_rows(SETTINGS, {}, timeout_ms=1234) == [("1234ms", "force_custom_plan")]
+        finally:
+            event.remove(engine, "checkout", trace)
+            for connection in used:
+                connection.pgconn.untrace()
+        log.seek(0)
+        messages = [line.split("\t")[:3:2] for line in log.read().splitlines()]
+        assert len(used) == 1
+        sent = [name for side, name in messages if side == "F"]
+        assert sent == ["Query"], messages
+        assert [name for side, name in messages if side == "B"].count("ReadyForQuery") == 1
+        raw = used[0]
         assert raw.info.transaction_status == TransactionStatus.IDLE
-        assert db.session.scalar(text("SHOW statement_timeout")) == "15s"
-        with pytest.raises(OperationalError, match="statement timeout"), bounded_query(50):
-            db.session.execute(text("SELECT pg_sleep(2)"))
-        assert raw.info.transaction_status == TransactionStatus.IDLE
-        assert db.session.scalar(text("SHOW statement_timeout")) == "15s"
-        assert db.session.scalar(text("SHOW plan_cache_mode")) == "auto"
+        assert raw.execute("SELECT current_setting('statement_timeout')").fetchone() == ("15s",)
+        raw.rollback()  # back in the pool, as it came: no transaction
+        with pytest.raises(OperationalError, match="statement timeout"):
+            select_rows(select(func.pg_sleep(2)), {}, timeout_ms=50)
+        assert select_rows(SETTINGS, {}) == [("15s", "auto")]
         db.session.remove()
 
 
