@@ -280,9 +280,11 @@ def load(overrides: dict | None = None) -> dict:
         "ARGON2_MEMORY_COST": _int("ARGON2_MEMORY_COST", 19456),
         "ARGON2_PARALLELISM": _int("ARGON2_PARALLELISM", 1),
         # password hashes (login, registration, password change) one web process runs at
-        # once; more wait up to PASSWORD_HASH_WAIT_SECONDS, then get 503 with Retry-After.
-        # Keep it below the process's threads (WEB_THREADS): the others serve the rest.
+        # once; up to PASSWORD_HASH_WAITERS_PER_PROCESS more wait, each up to
+        # PASSWORD_HASH_WAIT_SECONDS, and the rest get 503 with Retry-After. Keep the two
+        # together below the process's threads (WEB_THREADS): the others serve the rest.
         "PASSWORD_HASHES_PER_PROCESS": _int("PASSWORD_HASHES_PER_PROCESS", 1),
+        "PASSWORD_HASH_WAITERS_PER_PROCESS": _int("PASSWORD_HASH_WAITERS_PER_PROCESS", 5),
         "PASSWORD_HASH_WAIT_SECONDS": _float("PASSWORD_HASH_WAIT_SECONDS", 5.0),
         # the niceness of the threads that hash (Linux; 0 keeps the process's priority)
         "PASSWORD_HASH_NICE": _int("PASSWORD_HASH_NICE", 10),

@@ -213,6 +213,7 @@ def start_wrk(base: str, scenario: dict, seconds: int = SECONDS, connections: in
         "BENCH_MODE": scenario.get("mode", ""),
         "BENCH_ITEMS": str(scenario.get("items", "")),
         "BENCH_THREADS": str(THREADS),
+        "BENCH_RETRY_AFTER": "1" if scenario.get("retry_after") else "",
     }
     return subprocess.Popen(
         [
@@ -239,6 +240,8 @@ def wrk_result(process: subprocess.Popen) -> dict:
         raise RuntimeError(f"wrk failed: {errors.strip()}")
     result = json.loads(output.strip().splitlines()[-1])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    answered = result["requests"] - result["status_errors"]  # a 503 a login flood is shed with is not a login
+    result["answered_rps"] = answered / (result["duration_us"] / 1e6)
     return result
 
 
@@ -391,6 +394,7 @@ def main() -> int:
                 "path": "/api/v1/auth/login",
                 "write": True,
                 "body": json.dumps({"login": "user3", "password": password}),
+                "retry_after": True,
             },
             {
                 "name": f"mixed: POST /auth/login ({MIXED_LOGIN_CONNECTIONS} connections)",
@@ -398,6 +402,7 @@ def main() -> int:
                 "path": "/api/v1/auth/login",
                 "write": True,
                 "body": json.dumps({"login": "user3", "password": password}),
+                "retry_after": True,
                 "beside": {
                     "name": f"mixed: GET /users/{{id}} (cached, {CONNECTIONS - MIXED_LOGIN_CONNECTIONS} connections)",
                     "path": "/api/v1/users/{id}",
@@ -788,7 +793,8 @@ def median_of(runs: list[dict]) -> dict:
     """One row from the rounds of an endpoint: the median of each figure, the errors of
     all rounds, and the spread of req/s, share and p95. The share of the ceiling is the
     median of each round's, each of the ceiling read around the endpoint (share_of_ceiling)."""
-    row = {key: statistics.median([run[key] for run in runs]) for key in ("rps", "vs_ceiling", "p50", "p95", "p99")}
+    figures = ("rps", "answered_rps", "vs_ceiling", "p50", "p95", "p99")
+    row = {key: statistics.median([run[key] for run in runs]) for key in figures}
     row["socket_errors"] = sum(run["socket_errors"] for run in runs)
     row["status_errors"] = sum(run["status_errors"] for run in runs)
     row["error_kinds"] = dict(sum((Counter(run.get("error_kinds", {})) for run in runs), Counter()))
@@ -934,7 +940,8 @@ def goal_lines(results: list[dict]) -> list[str]:
     if (login := row("POST /auth/login")) is not None:
         lines.append(
             f"- at least {LOGINS_PER_SECOND} logins a second: "
-            f"{verdict(login['rps'] >= LOGINS_PER_SECOND)} ({login['rps']:.0f}/s)"
+            f"{verdict(login['answered_rps'] >= LOGINS_PER_SECOND)} ({login['answered_rps']:.0f}/s, "
+            f"errors {errors_cell(login)})"
         )
     mixed_reads, mixed_logins = row("mixed: GET"), row("mixed: POST")
     if mixed_reads is not None and mixed_logins is not None:
@@ -942,7 +949,8 @@ def goal_lines(results: list[dict]) -> list[str]:
         lines.append(
             f"- cached reads beside a login flood, p95 under 50 ms and no errors: "
             f"{verdict(mixed_reads['p95'] < 50_000 and not errors)} ({mixed_reads['p95'] / 1000:.1f} ms, "
-            f"errors {errors_cell(mixed_reads)}; logins meanwhile {mixed_logins['rps']:.0f}/s)"
+            f"errors {errors_cell(mixed_reads)}; logins meanwhile {mixed_logins['answered_rps']:.0f}/s, "
+            f"errors {errors_cell(mixed_logins)})"
         )
     return lines
 

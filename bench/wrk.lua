@@ -8,7 +8,8 @@
 --       If-Match with its ETag and a body that changes it, and the answer puts it back
 --       with the new ETag (a connection never has a post another one is editing);
 --     "rotate": line "token": each request as the next token, BENCH_BODY's {n} a
---       number new for each request.
+--       number new for each request;
+--   BENCH_RETRY_AFTER (see below).
 -- Prints one JSON line: requests, errors, latency percentiles (microseconds).
 local method = os.getenv("BENCH_METHOD") or "GET"
 local path = os.getenv("BENCH_PATH") or "/"
@@ -99,6 +100,22 @@ if mode == "edit" then
     if id and etag and owner[id] then
       pool[#pool + 1] = {owner[id], id, etag}
     end
+  end
+end
+
+-- BENCH_RETRY_AFTER=1: after a 503 with Retry-After, the thread's next request waits
+-- that long, as a client that follows the header does (a login flood's clients)
+if os.getenv("BENCH_RETRY_AFTER") == "1" then
+  local pause_ms = 0
+  response = function(status, headers)
+    if status == 503 then
+      pause_ms = 1000 * (tonumber(headers["Retry-After"] or headers["retry-after"] or "1") or 1)
+    end
+  end
+  delay = function()
+    local ms = pause_ms
+    pause_ms = 0
+    return ms
   end
 end
 

@@ -46,11 +46,14 @@ class _Hashing:
     """This process's argon2 work: at most PASSWORD_HASHES_PER_PROCESS at once, each run
     on a thread of its own at a lower CPU priority (PASSWORD_HASH_NICE, Linux), so a
     flood of logins neither takes every thread of the process nor starves the requests
-    the other threads serve of CPU. A request waits for its turn at most
-    PASSWORD_HASH_WAIT_SECONDS, then gets 503 with Retry-After."""
+    the other threads serve of CPU. A waiting request holds its thread too, so at most
+    PASSWORD_HASH_WAITERS_PER_PROCESS wait for their turn, each at most
+    PASSWORD_HASH_WAIT_SECONDS; one more, or one that waits longer, gets 503 with
+    Retry-After at once."""
 
-    def __init__(self, slots: int, nice: int):
+    def __init__(self, slots: int, waiters: int, nice: int):
         self.slots = threading.BoundedSemaphore(slots)
+        self.admitted = threading.BoundedSemaphore(slots + waiters)
         self.nice = nice
         self.pool = ThreadPoolExecutor(slots, thread_name_prefix="argon2", initializer=self._lower_priority)
         self.pid = os.getpid()
@@ -61,22 +64,35 @@ class _Hashing:
 
     def run(self, work, *args):
         cfg = current_app.config
-        if not self.slots.acquire(timeout=cfg["PASSWORD_HASH_WAIT_SECONDS"]):
-            raise ServiceUnavailable(
-                "Too many logins at once; retry after the time in Retry-After.",
-                headers={"Retry-After": str(cfg["RETRY_AFTER_SECONDS"])},
-            )
+        if not self.admitted.acquire(blocking=False):
+            raise _too_many_logins()
         try:
-            return self.pool.submit(work, *args).result()
+            if not self.slots.acquire(timeout=cfg["PASSWORD_HASH_WAIT_SECONDS"]):
+                raise _too_many_logins()
+            try:
+                return self.pool.submit(work, *args).result()
+            finally:
+                self.slots.release()
         finally:
-            self.slots.release()
+            self.admitted.release()
+
+
+def _too_many_logins() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Too many logins at once; retry after the time in Retry-After.",
+        headers={"Retry-After": str(current_app.config["RETRY_AFTER_SECONDS"])},
+    )
 
 
 def _hashing() -> _Hashing:
     hashing = current_app.extensions.get("password_hashing")
     if hashing is None or hashing.pid != os.getpid():  # a forked child makes its own threads
         cfg = current_app.config
-        hashing = _Hashing(max(1, cfg["PASSWORD_HASHES_PER_PROCESS"]), cfg["PASSWORD_HASH_NICE"])
+        hashing = _Hashing(
+            max(1, cfg["PASSWORD_HASHES_PER_PROCESS"]),
+            max(0, cfg["PASSWORD_HASH_WAITERS_PER_PROCESS"]),
+            cfg["PASSWORD_HASH_NICE"],
+        )
         current_app.extensions["password_hashing"] = hashing
     return hashing
 

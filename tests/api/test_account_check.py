@@ -7,13 +7,15 @@ sends, and the bound on password hashing per process."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from sqlalchemy import update
 
 from app.auth import revocation
 from app.db import db
 from app.models import User
-from tests.support.factories import AdminFactory, FollowFactory, PostFactory, UserFactory
+from tests.support.factories import PASSWORD, AdminFactory, FollowFactory, PostFactory, UserFactory
 from tests.support.sessions import open_session
 
 FEED = "/api/v1/feed"
@@ -177,8 +179,6 @@ def test_follows_keep_both_counters_and_refuse_an_inactive_target(client, login)
 
 
 def test_a_login_waits_for_a_hashing_slot_then_gets_503(app, client, monkeypatch):
-    from tests.support.factories import PASSWORD
-
     user = UserFactory()
     monkeypatch.setitem(app.config, "PASSWORD_HASH_WAIT_SECONDS", 0.05)
     monkeypatch.setitem(app.config, "PASSWORD_HASHES_PER_PROCESS", 1)
@@ -193,5 +193,48 @@ def test_a_login_waits_for_a_hashing_slot_then_gets_503(app, client, monkeypatch
         assert int(response.headers["Retry-After"]) >= app.config["RETRY_AFTER_SECONDS"]
     finally:
         slots.release()
+    response = client.post("/api/v1/auth/login", json={"login": user.username, "password": PASSWORD})
+    assert response.status_code == 200
+
+
+def _one_login_hashing(app, client, monkeypatch, waiters):
+    """This process's hashing with one slot, taken by a login that ends in half a second."""
+    monkeypatch.setitem(app.config, "PASSWORD_HASH_WAIT_SECONDS", 30)
+    monkeypatch.setitem(app.config, "PASSWORD_HASHES_PER_PROCESS", 1)
+    monkeypatch.setitem(app.config, "PASSWORD_HASH_WAITERS_PER_PROCESS", waiters)
+    monkeypatch.delitem(app.extensions, "password_hashing", raising=False)
+    client.post("/api/v1/auth/login", json={"login": "nobody", "password": "x" * 12})  # made
+    hashing = app.extensions["password_hashing"]
+    assert hashing.admitted.acquire(timeout=5)
+    assert hashing.slots.acquire(timeout=5)
+    ends = threading.Timer(0.5, hashing.slots.release)
+    ends.start()
+    return hashing, ends
+
+
+def test_a_login_within_the_waiting_bound_waits_for_its_turn(app, client, monkeypatch):
+    user = UserFactory()
+    hashing, ends = _one_login_hashing(app, client, monkeypatch, waiters=1)
+    try:
+        response = client.post("/api/v1/auth/login", json={"login": user.username, "password": PASSWORD})
+        assert response.status_code == 200
+    finally:
+        ends.join()
+        hashing.admitted.release()
+
+
+def test_a_login_beyond_the_waiting_ones_gets_503_without_taking_a_thread(app, client, monkeypatch):
+    user = UserFactory()
+    hashing, ends = _one_login_hashing(app, client, monkeypatch, waiters=1)
+    assert hashing.admitted.acquire(timeout=5)  # a second login, waiting for its turn
+    try:
+        # let wait, it would get its turn when the first ends and answer 200
+        response = client.post("/api/v1/auth/login", json={"login": user.username, "password": PASSWORD})
+        assert response.status_code == 503
+        assert int(response.headers["Retry-After"]) >= app.config["RETRY_AFTER_SECONDS"]
+    finally:
+        ends.join()
+        hashing.admitted.release()
+        hashing.admitted.release()
     response = client.post("/api/v1/auth/login", json={"login": user.username, "password": PASSWORD})
     assert response.status_code == 200

@@ -128,7 +128,8 @@ def test_the_report_says_how_the_ceiling_was_read():
 def _round(**errors) -> dict:
     kinds = {kind: errors.get(kind, 0) for kind in ("connect", "read", "write", "timeout", "4xx/5xx")}
     socket = sum(count for kind, count in kinds.items() if kind != "4xx/5xx")
-    figures = {"rps": 100.0, "vs_ceiling": 0.1, "p50": 1, "p95": 2, "p99": 3, "requests": 1000, "cpu_us": None}
+    figures = {"rps": 100.0, "answered_rps": 100.0, "vs_ceiling": 0.1, "p50": 1, "p95": 2, "p99": 3}
+    figures |= {"requests": 1000, "cpu_us": None}
     return {**figures, "socket_errors": socket, "status_errors": kinds["4xx/5xx"], "error_kinds": kinds}
 
 
@@ -136,3 +137,12 @@ def test_the_report_says_what_the_errors_of_the_rounds_were():
     row = median_of([_round(timeout=1), _round(), _round(**{"4xx/5xx": 2, "timeout": 1})])
     assert errors_cell(row) == "4 (timeout 2, 4xx/5xx 2)"
     assert errors_cell(median_of([_round(), _round()])) == "0"
+
+
+def test_logins_a_second_count_the_answered_ones_and_the_shed_ones_are_errors():
+    # 50 logins a second, of which 15 shed with a 503 (Retry-After): 35 answered
+    flood = {**_round(**{"4xx/5xx": 150}), "name": "POST /auth/login", "rps": 50.0, "answered_rps": 35.0}
+
+    lines = goal_lines([_row(CEILING, 1.0), flood])
+
+    assert "- at least 40 logins a second: NO (35/s, errors 150 (4xx/5xx 150))" in lines

@@ -140,6 +140,7 @@ NOT_SETTINGS = {
     "BENCH_MODE",
     "BENCH_ITEMS",
     "BENCH_THREADS",
+    "BENCH_RETRY_AFTER",
 }
 # settings of the tools themselves, set by the Makefile and the Docker image
 TOOL_SETTINGS = {"FLASK_APP"}
