@@ -535,6 +535,8 @@ def in_process_app(env: dict):
 # -- plans -------------------------------------------------------------------------------
 
 _EXPLAINED = re.compile(r"^\s*(SELECT|WITH|INSERT|UPDATE|DELETE)\b", re.I)
+# the settings a bounded read sends in the same message before its statement (app/db.py)
+_SETTINGS_FIRST = re.compile(r"^\s*((?:SET\s[^;]*;\s*)+)(.*)$", re.I | re.S)
 
 
 def plans(app, requests: list[dict]) -> list[dict]:
@@ -547,6 +549,7 @@ def plans(app, requests: list[dict]) -> list[dict]:
 
     found: list[dict] = []
     seen: set[str] = set()
+    written = None  # the post the small account's POST wrote here: its edit edits that one
     with app.app_context():
         engine = db.engine
         client = app.test_client()
@@ -560,15 +563,23 @@ def plans(app, requests: list[dict]) -> list[dict]:
             event.listen(engine, "before_cursor_execute", record)
             try:
                 headers = {"Authorization": f"Bearer {request['token']}"} if request.get("token") else {}
-                # an own post to edit, someone not yet followed, a post or user of the middle
-                path = request["path"].replace("{id}", str(request.get("min_id") or request.get("max_id", 2) // 2))
+                # the post written just before to edit, someone not yet followed, a post or user of the middle
+                item_id = request.get("min_id") or request.get("max_id", 2) // 2
+                if request.get("edits_posts"):
+                    item_id = written
+                path = request["path"].replace("{id}", str(item_id))
                 response = client.open(
                     path, method=request.get("method", "GET"), data=request.get("body"), headers=headers,
                     content_type="application/json",
                 )  # fmt: skip
             finally:
                 event.remove(engine, "before_cursor_execute", record)
+            if request.get("records_posts") and response.status_code == 201:
+                written = response.get_json()["id"]
             for statement, parameters in sent:
+                settings = ""
+                if m := _SETTINGS_FIRST.match(statement):  # a search: planned under its own settings
+                    settings, statement = m.group(1), m.group(2)
                 key = f"{statement} {parameters!r}"
                 if not _EXPLAINED.match(statement) or "set_config" in statement or key in seen:
                     continue
@@ -576,6 +587,8 @@ def plans(app, requests: list[dict]) -> list[dict]:
                 raw = engine.raw_connection()
                 try:
                     with raw.cursor() as cursor:
+                        if settings:
+                            cursor.execute(settings)  # SET LOCAL: for this transaction, rolled back below
                         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters or None)
                         plan = "\n".join(row[0] for row in cursor.fetchall())
                     raw.rollback()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from sqlalchemy import text
 
 from app.db import db
@@ -11,6 +14,7 @@ from bench.scale import (
     MIDDLING_WORD,
     RARE_WORD,
     generate,
+    plans,
     sizes,
     verdict,
     word_counts,
@@ -125,3 +129,33 @@ def test_the_verdicts_ask_the_ratio_and_the_p95_of_each_goal():
     assert verdict("POST /posts, celebrity", small, run(600, 100), anyone).startswith("yes")
     assert verdict("POST /posts, celebrity", small, run(590, 80), anyone).startswith("NO")
     assert verdict("POST /posts, celebrity", small, run(800, 101), anyone).startswith("NO")
+
+
+@pytest.mark.no_transaction  # plans() sends its requests and EXPLAINs on connections of its own
+def test_the_plans_show_a_search_under_its_settings_and_the_edit_of_the_post_written_before(app, committed):
+    """A search goes as its settings and its statement in one message: its plan is the
+    statement's, planned under those settings. The edit edits the post the POST before it
+    wrote (the run's own posts are gone by the time the plans are taken)."""
+    from bench.run import BENCH_POST_TITLE
+    from tests.support.factories import PostFactory, UserFactory
+    from tests.support.sessions import open_session
+
+    with app.app_context():
+        author = UserFactory()
+        PostFactory(author=UserFactory(), body="A zephyr came through.")  # not the author's to edit
+        token = open_session(author)["access_token"]
+    requests = [
+        {"name": "search", "path": "/api/v1/posts?limit=20&q=zephyr"},
+        {"name": "post", "method": "POST", "path": "/api/v1/posts", "token": token, "records_posts": True,
+         "body": json.dumps({"title": BENCH_POST_TITLE, "body": "Written for the plan."})},
+        {"name": "edit", "method": "PATCH", "path": "/api/v1/posts/{id}", "token": token, "edits_posts": True,
+         "body": json.dumps({"body": "Edited for the plan."})},
+    ]  # fmt: skip
+    found = plans(app, requests)
+    search = [p for p in found if p["scenario"] == "search" and "websearch_to_tsquery" in p["statement"]]
+    assert len(search) == 1 and search[0]["status"] == 200
+    assert search[0]["statement"].lstrip().upper().startswith(("SELECT", "WITH"))
+    assert "Execution Time" in search[0]["plan"]
+    edits = [p for p in found if p["scenario"] == "edit"]
+    assert edits and {p["status"] for p in edits} == {200}
+    assert any(p["statement"].lstrip().upper().startswith("UPDATE POSTS") for p in edits)
